@@ -1,0 +1,88 @@
+"""Typed schema of the ``run:`` section.
+
+Every key the runner reads is declared here with its type and default, so a
+typo (``init_Lr``) or a wrong type (``max_epoch: five``) fails before any work
+starts instead of being silently ignored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class RunConfig:
+    # What to run.
+    task: str = MISSING
+    """Registered task name, e.g. ``image_text_pretrain``."""
+    runner: str = "runner_base"
+    """Registered runner name."""
+
+    # Optimisation (keys and meaning kept from the original configs).
+    lr_sched: str = "linear_warmup_cosine_lr"
+    init_lr: float = 3e-5
+    min_lr: float = 1e-5
+    warmup_lr: float = 1e-6
+    warmup_steps: int = 0
+    lr_decay_rate: Optional[float] = None
+    """Per-epoch decay factor of ``linear_warmup_step_lr``."""
+    weight_decay: float = 0.05
+    max_epoch: int = 1
+    iters_per_epoch: Optional[int] = None
+    """Optimizer steps per epoch; ``null`` means one pass over the data."""
+    batch_size_train: int = 1
+    batch_size_eval: int = 1
+    accum_grad_iters: int = 1
+    max_grad_norm: Optional[float] = None
+    num_workers: int = 0
+    seed: int = 42
+
+    # Precision.
+    amp: bool = False
+    amp_dtype: str = "bf16"
+    """``bf16`` (no scaler) or ``fp16`` (with a gradient scaler)."""
+
+    # Output, logging and checkpoints.
+    output_dir: str = "output"
+    job_id: Optional[str] = None
+    """Sub-folder of ``output_dir``; a timestamp when unset."""
+    log_freq: int = 10
+    save_freq: int = 0
+    """Save every N optimizer steps as well as at each epoch end (0: epoch ends only)."""
+    keep_last_n: int = 2
+    resume_ckpt_path: Optional[str] = None
+
+    # Splits and evaluation.
+    evaluate: bool = False
+    train_splits: List[str] = field(default_factory=lambda: ["train"])
+    valid_splits: List[str] = field(default_factory=list)
+    test_splits: List[str] = field(default_factory=list)
+    group_by_length: bool = False
+    """Batch samples of similar caption length together (less padding)."""
+
+    # Devices and distribution.
+    device: str = "cuda"
+    """``cuda`` or ``cpu``; ``cuda`` falls back to CPU with a warning when no GPU exists."""
+    world_size: int = 1
+    dist_url: str = "env://"
+    distributed: bool = True
+    """Use torch.distributed when launched by torchrun (ignored otherwise)."""
+
+    # Data policy and speed.
+    on_bad_sample: str = "error"
+    """``error`` stops on an unreadable sample; ``skip`` logs it, counts it and goes on."""
+    cache_visual_features: bool = False
+    """Train from cached Q-Former outputs (frozen encoders and eval processor only)."""
+    cache_dir: Optional[str] = None
+    allow_cache_with_augmentation: bool = False
+
+    def __post_init__(self) -> None:
+        checks = {
+            "amp_dtype": (self.amp_dtype, ("bf16", "fp16")),
+            "on_bad_sample": (self.on_bad_sample, ("error", "skip")),
+        }
+        for key, (value, allowed) in checks.items():
+            if value not in allowed and value != MISSING:
+                raise ValueError(f"run.{key} must be one of {allowed}, got {value!r}")
