@@ -1,10 +1,25 @@
-"""``python train.py --cfg-path X.yaml [--options k=v ...]``: fine-tune a model."""
+"""``python train.py --cfg-path X.yaml [--options k=v ...]``: fine-tune a model.
+
+Also runs under ``torchrun --nproc_per_node=N train.py ...`` (one process per GPU, DDP).
+"""
 from __future__ import annotations
 
 import argparse
+import logging
+import random
+import sys
+from typing import Any, Dict
 
-from xraygpt.common.cli import not_implemented, run_cli, setup_logging
+import numpy as np
+import torch
+
+from xraygpt.common.checkpointing import CheckpointError
+from xraygpt.common.cli import run_cli, setup_logging
 from xraygpt.common.config import Config, add_config_arguments
+from xraygpt.common.dist_utils import cleanup_distributed, init_distributed
+from xraygpt.common.registry import registry
+
+logger = logging.getLogger("xraygpt.train")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,12 +28,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_training(cfg: Config) -> Dict[str, Any]:
+    """Build task, datasets, model and runner from ``cfg`` and train (or only validate)."""
+    run_cfg = cfg.run_cfg
+    dist_info = init_distributed(run_cfg)
+    if not dist_info.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    else:
+        cfg.pretty_print()
+    try:
+        set_seed(int(run_cfg.seed))
+        task = registry.get_task_class(run_cfg.task).setup_task(cfg)
+        datasets = task.build_datasets()
+        model = task.build_model()
+        runner = registry.get_runner_class(run_cfg.runner)(cfg, task, model, datasets, dist_info=dist_info)
+        if run_cfg.evaluate:
+            return {"validation": runner.validate()}
+        return runner.train()
+    finally:
+        cleanup_distributed()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     cfg = Config(args)
-    cfg.pretty_print()
-    not_implemented("training (issue: runner and task)")
+    try:
+        run_training(cfg)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

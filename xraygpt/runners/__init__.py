@@ -1,1 +1,3 @@
-"""Filled in by its issue; imported by xraygpt/__init__.py for registration."""
+"""Runners: the training loop (imported for registration, with the lr schedulers it uses)."""
+from xraygpt.common import optims  # noqa: F401  (registers the lr schedulers)
+from xraygpt.runners import runner_base  # noqa: F401

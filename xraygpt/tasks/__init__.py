@@ -1,1 +1,2 @@
-"""Filled in by its issue; imported by xraygpt/__init__.py for registration."""
+"""Tasks: what a job builds and what one step computes (imported for registration)."""
+from xraygpt.tasks import image_text_pretrain  # noqa: F401

@@ -1,0 +1,90 @@
+"""torch.distributed set-up for runs launched by ``torchrun`` (or not launched at all).
+
+torchrun exports RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; we
+read them, pick NCCL on GPUs and gloo on CPU, and otherwise stay out of the
+way: a plain ``python train.py`` is a world of one without a process group.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def pick_device(requested: str, local_rank: int = 0) -> torch.device:
+    """``cuda`` -> this rank's GPU, or CPU with a warning when there is none."""
+    if requested.startswith("cuda"):
+        if torch.cuda.is_available():
+            index = local_rank if requested == "cuda" else torch.device(requested).index or 0
+            torch.cuda.set_device(index)
+            return torch.device("cuda", index)
+        logger.warning("run.device is %s but no CUDA GPU is available: training on CPU", requested)
+        return torch.device("cpu")
+    return torch.device(requested)
+
+
+def init_distributed(run_cfg: Any) -> DistInfo:
+    """Join the process group when torchrun started us and ``run.distributed`` allows it."""
+    if not (launched_by_torchrun() and bool(run_cfg.distributed)):
+        return DistInfo(device=pick_device(str(run_cfg.device)))
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = pick_device(str(run_cfg.device), local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, init_method=str(run_cfg.dist_url), rank=rank, world_size=world_size,
+                                device_id=device if device.type == "cuda" else None)
+        logger.info("process group: backend %s, rank %d of %d, device %s", backend, rank, world_size, device)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks in place (no-op on a world of one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s value on every rank (e.g. a job id made from a timestamp)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]

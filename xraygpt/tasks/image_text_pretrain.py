@@ -1,0 +1,85 @@
+"""``image_text_pretrain``: what to build and what one step computes, for image -> text training.
+
+The runner owns the loop; the task owns the job's pieces: the model from
+``model:``, the datasets from ``datasets:``, the loss of a batch and the
+optional generation metrics at validation time.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+from xraygpt.common.registry import registry
+
+logger = logging.getLogger("xraygpt.train")
+
+
+@registry.register_task("image_text_pretrain")
+class ImageTextPretrainTask:
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+
+    @classmethod
+    def setup_task(cls, cfg: Any) -> "ImageTextPretrainTask":
+        return cls(cfg)
+
+    # ----------------------------------------------------------------- building
+    def build_model(self) -> torch.nn.Module:
+        model_cfg = self.cfg.model_cfg
+        if "arch" not in model_cfg:
+            raise ValueError("the config has no model.arch (e.g. mini_gpt4)")
+        return registry.get_model_class(model_cfg.arch).from_config(model_cfg)
+
+    def build_datasets(self) -> Dict[str, Dataset]:
+        """Each dataset's builder, then the same split of several datasets concatenated."""
+        datasets_cfg = self.cfg.datasets_cfg
+        if not datasets_cfg:
+            raise ValueError("the config has no datasets: section")
+        per_split: Dict[str, List[Dataset]] = {}
+        for name in datasets_cfg:
+            builder = registry.get_builder_class(name)(datasets_cfg[name])
+            for split, dataset in builder.build_datasets().items():
+                if dataset is not None:
+                    per_split.setdefault(split, []).append(dataset)
+        return {split: parts[0] if len(parts) == 1 else ConcatDataset(parts) for split, parts in per_split.items()}
+
+    # -------------------------------------------------------------------- steps
+    def train_step(self, model: torch.nn.Module, samples: Dict[str, Any]) -> Dict[str, Any]:
+        return model(samples)
+
+    def valid_step(self, model: torch.nn.Module, samples: Dict[str, Any]) -> Dict[str, Any]:
+        return model(samples)
+
+    # -------------------------------------------------------------------- hooks
+    def sample_lengths(self, dataset: Dataset) -> List[int]:
+        """Caption lengths (characters) for ``run.group_by_length``."""
+        lengths = _lengths_of(dataset)
+        if lengths is None:
+            raise ValueError(
+                f"run.group_by_length needs caption lengths, but {type(dataset).__name__} exposes neither "
+                "`caption_lengths()` nor an `annotation` list; set run.group_by_length: false"
+            )
+        return lengths
+
+    def generation_metrics(self, runner: Any, dataset: Dataset) -> Dict[str, float]:
+        """Report metrics of generated text on the valid split (none by default: see ``run.valid_generate``)."""
+        return {}
+
+    def after_training(self, runner: Any) -> None:
+        """Hook for the end of training (nothing by default)."""
+
+
+def _lengths_of(dataset: Dataset) -> Optional[List[int]]:
+    if isinstance(dataset, ConcatDataset):
+        parts = [_lengths_of(d) for d in dataset.datasets]
+        return None if any(p is None for p in parts) else [n for p in parts for n in p]  # type: ignore[union-attr]
+    if hasattr(dataset, "caption_lengths"):
+        return list(dataset.caption_lengths())
+    annotation = getattr(dataset, "annotation", None)
+    if isinstance(annotation, list) and annotation and isinstance(annotation[0], dict) and "caption" in annotation[0]:
+        return [len(str(item["caption"])) for item in annotation]
+    inner = getattr(dataset, "dataset", None)
+    return _lengths_of(inner) if isinstance(inner, Dataset) else None
