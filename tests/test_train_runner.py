@@ -137,7 +137,7 @@ def test_resume_from_foreign_or_mismatched_checkpoint_is_clear(tmp_path):
 
     shutil.copytree(ckpt, other)
     weights = load_file(str(other / "model.safetensors"))
-    weights["proj.weight"] = torch.zeros(3, 3)
+    weights["llama_proj.weight"] = torch.zeros(3, 3)
     save_file(weights, str(other / "model.safetensors"))
     cfg = write_config(tmp_path, run={"resume_ckpt_path": str(other)}, name="other.yaml")
     with pytest.raises(CheckpointError, match="SHA-256"):
@@ -161,3 +161,42 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     assert la.keys() == lb.keys() and all(abs(la[k] - lb[k]) < 1e-5 for k in la)
     assert _losses(tmp_path / "out" / "ddp", "valid")[6] == pytest.approx(_losses(tmp_path / "out" / "single",
                                                                                   "valid")[6], abs=1e-5)
+
+
+def test_feature_cache_trains_like_the_images_and_refuses_augmentation(tmp_path):
+    plain = write_config(tmp_path, run={"job_id": "plain", "max_epoch": 1}, dataset={"augment": False})
+    cached = write_config(tmp_path, run={"job_id": "cached", "max_epoch": 1, "cache_visual_features": True,
+                                         "cache_dir": str(tmp_path / "cache")},
+                          dataset={"augment": False}, name="cached.yaml")
+    train_in_process(plain)
+    train_in_process(cached)
+    files = list((tmp_path / "cache").rglob("*.safetensors"))
+    assert len(files) == 24 + 8  # one per distinct image of the train and val splits
+    la, lb = _losses(tmp_path / "out" / "plain"), _losses(tmp_path / "out" / "cached")
+    assert la.keys() == lb.keys() and all(abs(la[k] - lb[k]) < 1e-5 for k in la)
+    va, vb = _losses(tmp_path / "out" / "plain", "valid"), _losses(tmp_path / "out" / "cached", "valid")
+    assert va[6] == pytest.approx(vb[6], abs=1e-5)
+
+    # A second run reuses the entries; other encoder weights get another fingerprint (another folder).
+    before = {p.stat().st_mtime_ns for p in files}
+    train_in_process(cached, "run.job_id=again")
+    assert {p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.safetensors")} == before
+    from tests.train_support import StandInModel
+    from xraygpt.runners.feature_cache import encoder_fingerprint
+
+    torch.manual_seed(0)
+    model = StandInModel()
+    same = encoder_fingerprint(model)
+    model.llama_proj.weight.data += 1  # trainable side: not part of the fingerprint
+    assert encoder_fingerprint(model) == same
+    model.encoder.weight.data[0, 0] += 1e-3
+    assert encoder_fingerprint(model) != same
+
+    from xraygpt.runners.feature_cache import FeatureCacheError
+
+    augmented = write_config(tmp_path, run={"cache_visual_features": True, "cache_dir": str(tmp_path / "cache")},
+                             dataset={"augment": True}, name="augmented.yaml")
+    with pytest.raises(FeatureCacheError, match="allow_cache_with_augmentation"):
+        train_in_process(augmented)
+    with pytest.raises(FeatureCacheError, match="freeze_vit"):
+        train_in_process(augmented, "model.train_encoder=true")

@@ -2,7 +2,7 @@
 
 The stand-in keeps the properties that matter to the runner: a frozen encoder
 with ``encode_qformer`` (feature cache), a trainable part, dropout (RNG state
-matters for resume), a token-weighted loss with ``num_tokens`` (accumulation
+matters for resume), a token-weighted loss with ``num_target_tokens`` (accumulation
 and DDP weighting), random augmentation in the dataset, and a ``collater``.
 
 Run as ``python -m tests.train_support --cfg-path X.yaml`` to train with it in a
@@ -30,38 +30,35 @@ CAPTIONS = ["heart normal", "left effusion", "right effusion", "small nodule see
 class StandInModel(nn.Module):
     """Image -> frozen 'encoder' -> trainable projection -> per-character classifier."""
 
-    def __init__(self, image_size: int = 8, queries: int = 4, width: int = 16, dropout: float = 0.0):
+    def __init__(self, image_size: int = 8, queries: int = 4, width: int = 16, dropout: float = 0.0,
+                 train_encoder: bool = False):
         super().__init__()
         self.queries, self.width = queries, width
         self.encoder = nn.Linear(3 * image_size * image_size, queries * width)
-        self.encoder.requires_grad_(False)
-        self.proj = nn.Linear(width, 32)
-        self.norm = nn.LayerNorm(32)
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(32, len(VOCAB))
+        self.encoder.requires_grad_(train_encoder)
+        self.llama_proj = nn.Linear(width, 32)
+        self.llama_model = nn.Sequential(nn.LayerNorm(32), nn.Dropout(dropout), nn.Linear(32, len(VOCAB)))
 
     @classmethod
     def from_config(cls, cfg: Any) -> "StandInModel":
-        return cls(dropout=float(cfg.get("dropout", 0.0)))
+        return cls(dropout=float(cfg.get("dropout", 0.0)), train_encoder=bool(cfg.get("train_encoder", False)))
 
     def encode_qformer(self, image: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.encoder(image.flatten(1)).view(-1, self.queries, self.width)
+        return self.encoder(image.flatten(1)).view(-1, self.queries, self.width)
 
     def forward(self, samples: Dict[str, Any]) -> Dict[str, Any]:
         if os.environ.get("STANDIN_STEP_DELAY"):  # lets a test kill a run mid-way
             time.sleep(float(os.environ["STANDIN_STEP_DELAY"]))
         features = samples["image_features"] if "image_features" in samples else self.encode_qformer(samples["image"])
-        hidden = self.dropout(self.norm(self.proj(features.float()))).mean(1)  # [B, 32]
-        logits = self.head(hidden)  # [B, V]
+        logits = self.llama_model(self.llama_proj(features.float())).mean(1)  # [B, V]
         targets = [torch.tensor([VOCAB.index(c) for c in caption]) for caption in samples["caption"]]
         per_token = torch.cat([logits[i].expand(len(t), -1) for i, t in enumerate(targets)])
         num_tokens = sum(len(t) for t in targets)
         loss = nn.functional.cross_entropy(per_token, torch.cat(targets).to(logits.device))
-        return {"loss": loss, "num_tokens": num_tokens}
+        return {"loss": loss, "num_target_tokens": torch.tensor(num_tokens)}
 
     def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
 
 
 class StandInDataset(Dataset):

@@ -4,7 +4,7 @@ Reads top to bottom: set up (devices, DDP, optimizer, schedule, precision),
 maybe resume, then epochs of optimizer steps, each step accumulating
 ``accum_grad_iters`` micro-batches; validation, checkpoints and logs at epoch
 ends (and every ``save_freq`` steps).  The model contract it relies on:
-``model(samples) -> {"loss": scalar[, "num_tokens": int]}`` and
+``model(samples) -> {"loss": scalar[, "num_target_tokens": int]}`` and
 ``model.trainable_state_dict()``.
 """
 from __future__ import annotations
@@ -27,13 +27,20 @@ from xraygpt.common import checkpointing as ckpt
 from xraygpt.common.dist_utils import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed
 from xraygpt.common.optims import build_optimizer, build_scheduler
 from xraygpt.common.registry import registry
+from xraygpt.runners.feature_cache import (
+    FeatureCache,
+    FeatureCacheError,
+    check_frozen_visual_path,
+    draws_differ,
+    encoder_fingerprint,
+)
 from xraygpt.runners.data import BatchStream, SeededSamples, make_loader, to_device
 from xraygpt.runners.metrics_log import MetricsLog, format_eta
 from xraygpt.runners.samplers import ResumableBatchSampler
 
 logger = logging.getLogger("xraygpt.train")
 
-TOKEN_COUNT_KEY = "num_tokens"
+TOKEN_COUNT_KEY = "num_target_tokens"
 """Optional model output: tokens behind ``loss``; lets accumulation and DDP weight micro-batches by tokens."""
 
 
@@ -76,6 +83,8 @@ class RunnerBase:
         self.model = model.to(self.device)
         self.datasets = datasets
         self.amp_dtype = self._amp_dtype()
+        if self.run_cfg.cache_visual_features:
+            self.datasets = self._cached_datasets()
         self.job_dir = self._job_dir()
         self.ckpt_dir = self.job_dir / "checkpoints"
         self.log = MetricsLog(self.job_dir, enabled=self.dist.is_main)
@@ -95,6 +104,29 @@ class RunnerBase:
                 return torch.float16
             return torch.bfloat16
         return torch.float16
+
+    def _cached_datasets(self) -> Dict[str, Dataset]:
+        """Swap the train/valid splits for views that read cached Q-Former outputs."""
+        rc = self.run_cfg
+        if not hasattr(self.model, "encode_qformer"):
+            raise FeatureCacheError(f"run.cache_visual_features needs model.encode_qformer; "
+                                    f"{type(self.model).__name__} has none")
+        check_frozen_visual_path(self.model)
+        train = self._split(list(rc.train_splits))
+        if train is not None and draws_differ(train, rc.seed)[0] and not rc.allow_cache_with_augmentation:
+            raise FeatureCacheError(
+                "run.cache_visual_features would freeze one random augmentation per image: the training image "
+                "processor is random (e.g. blip2_image_train). Use the eval processor (blip2_image_eval) for "
+                "training, or set run.allow_cache_with_augmentation: true to accept fixed augmentations."
+            )
+        root = Path(rc.cache_dir) if rc.cache_dir else Path(rc.output_dir) / "feature_cache"
+        cache = FeatureCache(self.model, root, encoder_fingerprint(self.model, self.cfg.model_cfg), self.dist,
+                             int(rc.batch_size_eval), int(rc.num_workers), self._autocast)
+        cached = dict(self.datasets)
+        for split in dict.fromkeys([*rc.train_splits, *rc.valid_splits]):
+            if cached.get(split) is not None:
+                cached[split] = cache.wrap(cached[split], int(rc.seed), split)
+        return cached
 
     def _job_dir(self) -> Path:
         job_id = self.run_cfg.job_id or datetime.now().strftime("%Y%m%d%H%M%S")
