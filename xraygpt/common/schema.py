@@ -61,6 +61,10 @@ class RunConfig:
     test_splits: List[str] = field(default_factory=list)
     group_by_length: bool = False
     """Batch samples of similar caption length together (less padding)."""
+    valid_generate: int = 0
+    """Also generate text for this many valid samples each epoch and score it (0: loss only, -1: all)."""
+    valid_max_new_tokens: int = 160
+    """Generation length limit for ``valid_generate``."""
 
     # Devices and distribution.
     device: str = "cuda"
