@@ -12,6 +12,10 @@ from torch.utils.data.dataloader import default_collate
 from xraygpt.runners.samplers import ResumableBatchSampler
 
 
+SKIPPED_KEY = "num_skipped"
+"""Batch field the data collate fills with the number of bad samples it dropped."""
+
+
 class SeededSamples(Dataset):
     """Draws each sample under RNG seeded by (seed, epoch, index).
 
@@ -97,6 +101,8 @@ class BatchStream:
         self.dataset, self.sampler = dataset, sampler
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.data_epoch, self.batch_index = 0, 0
+        self.skipped_samples = 0
+        """Bad samples skipped under ``run.on_bad_sample: skip`` (this process)."""
         self._iterator: Optional[Iterator[Any]] = None
 
     @property
@@ -117,10 +123,17 @@ class BatchStream:
         return iter(make_loader(self.dataset, self.sampler, self.num_workers, self.pin_memory))
 
     def next(self) -> Any:
-        if self.batch_index >= self.batches_per_epoch:
-            self.data_epoch, self.batch_index, self._iterator = self.data_epoch + 1, 0, None
-        if self._iterator is None:
-            self._iterator = self._open()
-        batch = next(self._iterator)
-        self.batch_index += 1
-        return batch
+        """The next batch; a batch whose samples were all skipped as bad is counted and passed over."""
+        while True:
+            if self.batch_index >= self.batches_per_epoch:
+                self.data_epoch, self.batch_index, self._iterator = self.data_epoch + 1, 0, None
+            if self._iterator is None:
+                self._iterator = self._open()
+            batch = next(self._iterator)
+            self.batch_index += 1
+            if batch is None:
+                self.skipped_samples += self.sampler.batch_size
+                continue
+            if isinstance(batch, dict):
+                self.skipped_samples += int(batch.pop(SKIPPED_KEY, 0) or 0)
+            return batch

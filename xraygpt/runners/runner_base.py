@@ -34,7 +34,7 @@ from xraygpt.runners.feature_cache import (
     draws_differ,
     encoder_fingerprint,
 )
-from xraygpt.runners.data import BatchStream, SeededSamples, make_loader, to_device
+from xraygpt.runners.data import SKIPPED_KEY, BatchStream, SeededSamples, make_loader, to_device
 from xraygpt.runners.metrics_log import MetricsLog, format_eta
 from xraygpt.runners.samplers import ResumableBatchSampler
 
@@ -121,7 +121,7 @@ class RunnerBase:
             )
         root = Path(rc.cache_dir) if rc.cache_dir else Path(rc.output_dir) / "feature_cache"
         cache = FeatureCache(self.model, root, encoder_fingerprint(self.model, self.cfg.model_cfg), self.dist,
-                             int(rc.batch_size_eval), int(rc.num_workers), self._autocast)
+                             int(rc.batch_size_eval), int(rc.num_workers), self.autocast)
         cached = dict(self.datasets)
         for split in dict.fromkeys([*rc.train_splits, *rc.valid_splits]):
             if cached.get(split) is not None:
@@ -133,7 +133,7 @@ class RunnerBase:
         job_id = broadcast_object(job_id)
         return Path(self.run_cfg.output_dir) / str(job_id)
 
-    def _autocast(self):
+    def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
@@ -216,6 +216,7 @@ class RunnerBase:
             self._save(state, optimizer, scheduler, scaler, stream)
             if is_best:
                 self._write_best_pointer(state)
+        self._report_skipped(stream)
         self.log.close()
         self.task.after_training(self)
         barrier()
@@ -231,7 +232,7 @@ class RunnerBase:
             samples += _batch_size(batch)
             sync = micro == accum - 1 or not isinstance(model, DistributedDataParallel)
             with (contextlib.nullcontext() if sync else model.no_sync()):
-                with self._autocast():
+                with self.autocast():
                     output = self.task.train_step(model, batch)
                 loss = output["loss"]
                 weight = float(output.get(TOKEN_COUNT_KEY, 1))
@@ -272,8 +273,11 @@ class RunnerBase:
         )
         sums = torch.zeros(2, dtype=torch.float64)
         for batch in make_loader(dataset, sampler, self.run_cfg.num_workers, self.device.type == "cuda"):
+            if batch is None:  # every sample of the batch was bad and skipped
+                continue
+            batch.pop(SKIPPED_KEY, None)
             batch = to_device(batch, self.device)
-            with self._autocast():
+            with self.autocast():
                 output = self.task.valid_step(model, batch)
             weight = float(output.get(TOKEN_COUNT_KEY, _batch_size(batch)))
             sums += torch.tensor([float(output["loss"]) * weight, weight], dtype=torch.float64)
@@ -294,21 +298,32 @@ class RunnerBase:
             "scaler": scaler.state_dict() if scaler.is_enabled() else {},
             "rng": ckpt.capture_rng_state(),
             "counters": {"epoch": state.epoch, "step_in_epoch": state.step_in_epoch, "global_step": state.global_step},
-            "data_position": stream.position(),
+            "data_position": self._all_ranks(stream.position()),
             "best": {"metric": state.best_metric, "checkpoint": state.best_checkpoint},
             "world_size": self.dist.world_size,
         }
+
+    def _all_ranks(self, value: Any) -> List[Any]:
+        """``value`` of every rank (data positions differ when ranks skipped different bad samples)."""
+        if not self.dist.distributed:
+            return [value]
+        import torch.distributed as dist
+
+        gathered: List[Any] = [None] * self.dist.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
 
     def _checkpoint_path(self, state: TrainState) -> Path:
         return self.ckpt_dir / f"step_{state.global_step:08d}"
 
     def _save(self, state: TrainState, optimizer, scheduler, scaler, stream: BatchStream) -> Path:
         path = self._checkpoint_path(state)
+        training_state = self._training_state(state, optimizer, scheduler, scaler, stream)  # collective under DDP
         if self.dist.is_main:
             ckpt.save_checkpoint(
                 path,
                 weights=trainable_state_dict(self.model),
-                training_state=self._training_state(state, optimizer, scheduler, scaler, stream),
+                training_state=training_state,
                 config_yaml=self.cfg.to_yaml(),
                 meta={"global_step": state.global_step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch},
             )
@@ -356,7 +371,8 @@ class RunnerBase:
             ) from exc
         ckpt.restore_rng_state(training["rng"])
         counters = training["counters"]
-        stream.seek(**training["data_position"])
+        positions = training["data_position"]
+        stream.seek(**positions[min(self.dist.rank, len(positions) - 1)])
         best = training.get("best", {})
         logger.info("resumed from %s at epoch %d, step %d (global step %d)", path, counters["epoch"],
                     counters["step_in_epoch"], counters["global_step"])
@@ -404,6 +420,14 @@ class RunnerBase:
                     rate * self.dist.world_size, eta)
         self.log.write("train", state.global_step, {"epoch": epoch, "loss": loss, "lr": lr,
                                                     "samples_per_s": rate * self.dist.world_size})
+
+    def _report_skipped(self, stream: BatchStream) -> None:
+        counts = torch.tensor([stream.skipped_samples], dtype=torch.float64)
+        all_reduce_sum(counts)
+        if counts.item() and self.dist.is_main:
+            logger.warning("skipped %d bad training sample(s) in total (run.on_bad_sample: skip; files are listed "
+                           "in the warnings above)", int(counts.item()))
+            self.log.write("skipped", -1, {"bad_samples": int(counts.item())})
 
     def _record_validation(self, state: TrainState, epoch: int, metrics: Dict[str, float]) -> None:
         state.history.append({"epoch": epoch, "step": state.global_step, **metrics})

@@ -6,6 +6,7 @@ optional generation metrics at validation time.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, Dict, List, Optional
 
@@ -40,7 +41,11 @@ class ImageTextPretrainTask:
             raise ValueError("the config has no datasets: section")
         per_split: Dict[str, List[Dataset]] = {}
         for name in datasets_cfg:
-            builder = registry.get_builder_class(name)(datasets_cfg[name])
+            builder_cls = registry.get_builder_class(name)
+            if "on_bad_sample" in inspect.signature(builder_cls).parameters:
+                builder = builder_cls(datasets_cfg[name], on_bad_sample=self.cfg.run_cfg.on_bad_sample)
+            else:
+                builder = builder_cls(datasets_cfg[name])
             for split, dataset in builder.build_datasets().items():
                 if dataset is not None:
                     per_split.setdefault(split, []).append(dataset)
@@ -59,14 +64,24 @@ class ImageTextPretrainTask:
         lengths = _lengths_of(dataset)
         if lengths is None:
             raise ValueError(
-                f"run.group_by_length needs caption lengths, but {type(dataset).__name__} exposes neither "
-                "`caption_lengths()` nor an `annotation` list; set run.group_by_length: false"
+                f"run.group_by_length needs caption lengths, but {type(dataset).__name__} exposes no "
+                "`caption_lengths()`, `records` or `annotation` list; set run.group_by_length: false"
             )
         return lengths
 
     def generation_metrics(self, runner: Any, dataset: Dataset) -> Dict[str, float]:
-        """Report metrics of generated text on the valid split (none by default: see ``run.valid_generate``)."""
-        return {}
+        """Scores of text generated for ``run.valid_generate`` valid samples (rank 0; {} when off)."""
+        count = int(runner.run_cfg.valid_generate)
+        if count == 0 or not runner.dist.is_main:
+            return {}
+        from xraygpt.runners.runner_base import unwrap
+        from xraygpt.tasks.report_generation import generate_for_samples, score_records
+
+        indices = range(len(dataset)) if count < 0 else range(min(count, len(dataset)))
+        records = generate_for_samples(unwrap(runner.model), dataset, indices, int(runner.run_cfg.batch_size_eval),
+                                       int(runner.run_cfg.valid_max_new_tokens), runner.autocast)
+        summary = score_records(records)["summary"]
+        return {key: float(value) for key, value in summary.items() if isinstance(value, (int, float))}
 
     def after_training(self, runner: Any) -> None:
         """Hook for the end of training (nothing by default)."""
@@ -78,6 +93,9 @@ def _lengths_of(dataset: Dataset) -> Optional[List[int]]:
         return None if any(p is None for p in parts) else [n for p in parts for n in p]  # type: ignore[union-attr]
     if hasattr(dataset, "caption_lengths"):
         return list(dataset.caption_lengths())
+    records = getattr(dataset, "records", None)
+    if isinstance(records, list) and records and hasattr(records[0], "caption"):
+        return [len(str(record.caption)) for record in records]
     annotation = getattr(dataset, "annotation", None)
     if isinstance(annotation, list) and annotation and isinstance(annotation[0], dict) and "caption" in annotation[0]:
         return [len(str(item["caption"])) for item in annotation]
