@@ -7,7 +7,6 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
-from torch.utils.data.dataloader import default_collate
 
 from xraygpt.runners.samplers import ResumableBatchSampler
 
@@ -55,7 +54,7 @@ class SeededSamples(Dataset):
 
 
 def collate_fn_of(dataset: Dataset) -> Callable[[List[Any]], Any]:
-    """The dataset's own ``collater`` (as LAVIS datasets have), else torch's default."""
+    """The dataset's own ``collater`` (as LAVIS datasets have), else the project's sample collate."""
     probe = dataset
     while True:
         if hasattr(probe, "collater"):
@@ -67,7 +66,9 @@ def collate_fn_of(dataset: Dataset) -> Callable[[List[Any]], Any]:
         elif hasattr(probe, "dataset") and isinstance(getattr(probe, "dataset"), Dataset):
             probe = probe.dataset
         else:
-            return default_collate
+            from xraygpt.datasets import collate  # drops and counts skipped (None) samples
+
+            return collate
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
