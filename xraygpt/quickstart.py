@@ -46,7 +46,7 @@ def ensure_tokenizer(path: Path, annotations: Path, vocab_size: int) -> None:
     logger.info("trained a %d-piece SentencePiece tokenizer on the phantom reports: %s", vocab_size, path)
 
 
-def evaluate(cfg: Any, checkpoint: Path, split: str, max_new_tokens: int) -> Dict[str, Any]:
+def evaluate(cfg: Any, checkpoint: Path, split: str, max_new_tokens: int, annotation_file: Path) -> Dict[str, Any]:
     """Generate for every ``split`` sample with the trained weights and score the texts."""
     from xraygpt.common.checkpointing import load_checkpoint
     from xraygpt.common.registry import registry
@@ -64,7 +64,16 @@ def evaluate(cfg: Any, checkpoint: Path, split: str, max_new_tokens: int) -> Dic
         raise RuntimeError(f"checkpoint {checkpoint} holds weights this model lacks: {unexpected[:5]}")
     records = generate_for_samples(unwrap(model), datasets[split], batch_size=int(cfg.run_cfg.batch_size_eval),
                                    max_new_tokens=max_new_tokens)
+    mark_vqa(records, annotation_file)
     return {"records": records, "scores": score_records(records)}
+
+
+def mark_vqa(records: List[Dict[str, Any]], annotation_file: Path) -> None:
+    """Flag question/answer items (``"task": "vqa"`` in the phantom annotations) so they are scored as VQA."""
+    entries = json.loads(annotation_file.read_text(encoding="utf-8"))
+    vqa = {(e.get("image_id"), e.get("prompt")) for e in entries if e.get("task") == "vqa"}
+    for record in records:
+        record["is_vqa"] = record["is_vqa"] or (record["image_id"], record["prompt"]) in vqa
 
 
 def best_checkpoint(job_dir: Path) -> Path:
@@ -118,7 +127,8 @@ def main(argv: List[str] | None = None) -> int:
 
     split = (list(cfg.run_cfg.test_splits) or ["test"])[0]
     checkpoint = best_checkpoint(job_dir)
-    result = evaluate(cfg, checkpoint, split, int(cfg.run_cfg.valid_max_new_tokens))
+    annotation_file = data_dir / dataset_cfg.build_info.ann_files[split]
+    result = evaluate(cfg, checkpoint, split, int(cfg.run_cfg.valid_max_new_tokens), annotation_file)
     done = time.perf_counter()
     from xraygpt.evaluation import format_summary
 
