@@ -26,14 +26,16 @@ logger = logging.getLogger("xraygpt.quickstart")
 CONFIG = "train_configs/phantom_tiny.yaml"
 
 
-def ensure_phantoms(folder: Path, count: int, seed: int) -> None:
+def ensure_phantoms(folder: Path, count: int, seed: int, size: int) -> None:
     if (folder / "filter_cap.json").is_file():
         logger.info("phantom dataset found at %s", folder)
         return
     from xraygpt.datasets import phantoms
 
-    logger.info("generating %d phantoms into %s", count, folder)
-    phantoms.main(["--out", str(folder), "--n", str(count), "--seed", str(seed)])
+    logger.info("generating %d phantoms of %d px into %s", count, size, folder)
+    code = phantoms.main(["--out", str(folder), "--n", str(count), "--seed", str(seed), "--size", str(size)])
+    if code:
+        raise RuntimeError(f"generating phantoms into {folder} failed (exit code {code}, message above)")
 
 
 def ensure_tokenizer(path: Path, annotations: Path, vocab_size: int) -> None:
@@ -42,7 +44,7 @@ def ensure_tokenizer(path: Path, annotations: Path, vocab_size: int) -> None:
         return
     from xraygpt.tasks.tokenizer_training import texts_from_annotations, train_sentencepiece
 
-    train_sentencepiece(texts_from_annotations([annotations]), path, vocab_size)
+    train_sentencepiece(texts_from_annotations([annotations]), path, vocab_size, phrases=True)
     logger.info("trained a %d-piece SentencePiece tokenizer on the phantom reports: %s", vocab_size, path)
 
 
@@ -71,9 +73,9 @@ def evaluate(cfg: Any, checkpoint: Path, split: str, max_new_tokens: int, annota
 def mark_vqa(records: List[Dict[str, Any]], annotation_file: Path) -> None:
     """Flag question/answer items (``"task": "vqa"`` in the phantom annotations) so they are scored as VQA."""
     entries = json.loads(annotation_file.read_text(encoding="utf-8"))
-    vqa = {(e.get("image_id"), e.get("prompt")) for e in entries if e.get("task") == "vqa"}
+    vqa = {(e.get("image_id"), str(e.get("prompt")).strip()) for e in entries if e.get("task") == "vqa"}
     for record in records:
-        record["is_vqa"] = record["is_vqa"] or (record["image_id"], record["prompt"]) in vqa
+        record["is_vqa"] = record["is_vqa"] or (record["image_id"], record["prompt"].strip()) in vqa
 
 
 def best_checkpoint(job_dir: Path) -> Path:
@@ -102,10 +104,10 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--cfg-path", default=CONFIG)
     parser.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--phantoms", type=int, default=2000, help="images to generate when data is absent")
-    parser.add_argument("--vocab-size", type=int, default=1000)
+    parser.add_argument("--phantom-size", type=int, default=128, help="side in pixels of generated phantoms")
+    parser.add_argument("--vocab-size", type=int, default=2000)
     args = parser.parse_args(argv)
     setup_logging()
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
 
     from xraygpt.common.config import Config
     from xraygpt.train import run_training
@@ -114,7 +116,7 @@ def main(argv: List[str] | None = None) -> int:
     cfg = Config({"cfg_path": args.cfg_path, "options": args.options})
     dataset_cfg = next(iter(cfg.datasets_cfg.values()))
     data_dir = Path(dataset_cfg.build_info.storage)
-    ensure_phantoms(data_dir, args.phantoms, int(cfg.run_cfg.seed))
+    ensure_phantoms(data_dir, args.phantoms, int(cfg.run_cfg.seed), args.phantom_size)
     ensure_tokenizer(Path(cfg.model_cfg.tokenizer), data_dir / "filter_cap.json", args.vocab_size)
     prepared = time.perf_counter()
 

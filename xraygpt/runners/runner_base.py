@@ -184,7 +184,7 @@ class RunnerBase:
         total_steps = int(rc.max_epoch) * iters_per_epoch
         self._log_start(iters_per_epoch, total_steps, accum)
 
-        window_start, window_samples = time.perf_counter(), 0
+        window_start, window_samples, window_losses = time.perf_counter(), 0, []
         run_start, run_start_step = time.perf_counter(), state.global_step
         for epoch in range(state.epoch, int(rc.max_epoch)):
             state.epoch = epoch
@@ -196,13 +196,15 @@ class RunnerBase:
                 state.step_in_epoch += 1
                 state.global_step += 1
                 window_samples += samples
+                window_losses.append(loss)
                 if state.global_step % max(int(rc.log_freq), 1) == 0 or state.step_in_epoch == iters_per_epoch:
                     now = time.perf_counter()
                     rate = window_samples / max(now - window_start, 1e-9)
                     per_step = (now - run_start) / max(state.global_step - run_start_step, 1)
                     eta = format_eta(per_step * (total_steps - state.global_step))
-                    self._log_train(state, epoch, iters_per_epoch, loss, lr, rate, eta)
-                    window_start, window_samples = now, 0
+                    mean_loss = sum(window_losses) / len(window_losses)
+                    self._log_train(state, epoch, iters_per_epoch, mean_loss, lr, rate, eta)
+                    window_start, window_samples, window_losses = now, 0, []
                 if rc.save_freq and state.global_step % int(rc.save_freq) == 0 and state.step_in_epoch < iters_per_epoch:
                     self._save(state, optimizer, scheduler, scaler, stream)
             state.epoch, state.step_in_epoch = epoch + 1, 0
