@@ -47,6 +47,9 @@ def test_freeze_flags_control_what_trains(repo_root):
     assert sum(counts.values()) == total
     model.train()
     assert model.visual_encoder.training and model.qformer.training and model.llama_model.training
+    model(batch())["loss"].backward()
+    qkv_bias = model.visual_encoder.vit.encoder.layers[0].self_attn.qkv.bias
+    assert qkv_bias.grad[:32].abs().sum() > 0 and not qkv_bias.grad[32:64].any()  # EVA has no key bias
     model.eval()
     assert not model.qformer.training
 
