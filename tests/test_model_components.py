@@ -40,6 +40,19 @@ def test_tiny_model_from_llama_config_and_sentencepiece_file(repo_root):
     assert not model.visual_encoder.training and not model.qformer.training and not model.llama_model.training
 
 
+def test_frozen_parts_keep_no_graph_and_their_dtype(repo_root):
+    model = build(repo_root, "model.vit_precision=bf16", "model.llm_dtype=bf16").train()
+    images = torch.randn(2, 3, 224, 224)
+    assert not model.encode_qformer(images).requires_grad  # frozen ViT + Q-Former: no activations kept
+    assert model.encode_img(images)[0].requires_grad  # llama_proj trains
+    assert {p.dtype for p in model.visual_encoder.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in model.llama_model.parameters()} == {torch.bfloat16}
+    assert model.ln_vision.weight.dtype == model.llama_proj.weight.dtype == torch.float32
+    loss = model(batch())["loss"]
+    loss.backward()
+    assert torch.isfinite(loss) and model.llama_proj.weight.grad.dtype == torch.float32
+
+
 def test_freeze_flags_control_what_trains(repo_root):
     model = build(repo_root, "model.freeze_vit=false", "model.freeze_qformer=false", "model.freeze_llm=false")
     counts = trainable(model)
