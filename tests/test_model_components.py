@@ -123,6 +123,25 @@ def test_generate_with_full_context_equals_template(repo_root):
     assert [i.tolist() for i in ids] == [i.tolist() for i in ids3]
 
 
+def test_fast_generation_switch_routes_decoding(repo_root, monkeypatch):
+    import types
+
+    import xraygpt.models
+
+    calls = []
+
+    def fake_generate(model, inputs_embeds, attention_mask, **kwargs):
+        calls.append((inputs_embeds.shape, attention_mask.shape, kwargs["max_new_tokens"]))
+        return torch.tensor([[286, 514, 2, 2]])  # '▁The ▁heart' then EOS padding
+
+    fake = types.SimpleNamespace(generate=fake_generate)
+    monkeypatch.setattr(xraygpt.models, "fast_generation", fake, raising=False)
+    model = build(repo_root, "model.use_fast_generation=true")
+    texts, ids = model.generate(torch.randn(1, 3, 224, 224), ["Hi"], max_new_tokens=4, return_ids=True)
+    assert calls and calls[0][2] == 4 and calls[0][0][:2] == calls[0][1]
+    assert ids[0].tolist() == [286, 514] and texts == ["The heart"]
+
+
 # ------------------------------------------------------------------ errors
 def test_missing_llm_folder_is_named(repo_root, tmp_path):
     with pytest.raises(CheckpointError, match=r"LLM folder not found.*nowhere.*config\.json"):
