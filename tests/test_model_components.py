@@ -123,6 +123,20 @@ def test_generate_with_full_context_equals_template(repo_root):
     assert [i.tolist() for i in ids] == [i.tolist() for i in ids3]
 
 
+def test_prompt_file_is_used_when_samples_carry_no_prompt(repo_root, tmp_path):
+    (tmp_path / "prompts.txt").write_text("<Img><ImageHere></Img> Describe the image.\n\n# comment\nWhat is abnormal?\n")
+    model = build(repo_root, f"model.prompt_path={tmp_path / 'prompts.txt'}")
+    assert model.prompt_list == [
+        "###Patient: <Img><ImageHere></Img> Describe the image. ###Doctor: ",
+        "###Patient: <Img><ImageHere></Img> What is abnormal? ###Doctor: ",
+    ]
+    samples = batch()
+    del samples["prompt"]
+    assert torch.isfinite(model(samples)["loss"])
+    with pytest.raises(KeyError, match="no 'prompt' and model.prompt_path is not set"):
+        build(repo_root)(samples)
+
+
 def test_fast_generation_switch_routes_decoding(repo_root, monkeypatch):
     import types
 
