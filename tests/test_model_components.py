@@ -157,14 +157,26 @@ def test_fast_generation_switch_routes_decoding(repo_root, monkeypatch):
 
 
 # ------------------------------------------------------------------ errors
-def test_missing_llm_folder_is_named(repo_root, tmp_path):
-    with pytest.raises(CheckpointError, match=r"LLM folder not found.*nowhere.*config\.json"):
-        build(repo_root, "model.llama_config=null", f"model.llama_model={tmp_path / 'nowhere'}")
+def test_missing_files_are_all_named_before_building(repo_root, tmp_path):
+    with pytest.raises(CheckpointError) as error:
+        build(
+            repo_root,
+            "model.llama_config=null",
+            f"model.llama_model={tmp_path / 'nowhere'}",
+            f"model.vit_path={tmp_path / 'eva_vit_g.pth'}",
+        )
+    message = str(error.value)
+    assert f"model.vit_path -> {tmp_path / 'eva_vit_g.pth'} (vision-encoder weights" in message
+    assert f"model.llama_model -> {tmp_path / 'nowhere' / 'config.json'} (LLM folder" in message
 
 
-def test_missing_vision_weights_are_named(repo_root, tmp_path):
-    with pytest.raises(CheckpointError, match=r"EVA ViT-g weights.*not found.*eva_vit_g\.pth"):
-        build(repo_root, f"model.vit_path={tmp_path / 'eva_vit_g.pth'}")
+def test_incomplete_llm_folder_is_named(repo_root, tmp_path):
+    from xraygpt.models.llm import load_language_model
+    from xraygpt.models.model_config import MiniGPT4Config
+
+    (tmp_path / "vicuna").mkdir()
+    with pytest.raises(CheckpointError, match=r"LLM folder not found or incomplete: .*vicuna has no config\.json"):
+        load_language_model(MiniGPT4Config(llama_model=str(tmp_path / "vicuna")), vocab_size=10)
 
 
 def test_wrong_checkpoint_is_rejected(repo_root, seed_reference_dir):
@@ -191,6 +203,20 @@ def test_qformer_checkpoint_of_other_size_is_rejected(repo_root, seed_reference_
 def test_config_typo_gets_a_suggestion(repo_root):
     with pytest.raises(ConfigError, match="freeze_qfromer.*did you mean 'freeze_qformer'"):
         build(repo_root, "model.freeze_qfromer=false")
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["model.llama_config=null"], "set model.llama_model .* or model.llama_config"),
+        (["model.tokenizer=null"], "llama_config needs model.tokenizer"),
+        (["model.lora={r: 2}", "model.freeze_llm=false"], "keep model.freeze_llm: true"),
+        (["model.llm_dtype=fp64"], "llm_dtype must be one of"),
+    ],
+)
+def test_inconsistent_model_settings_are_config_errors(repo_root, options, message):
+    with pytest.raises(ConfigError, match=message):
+        build(repo_root, *options)
 
 
 def test_low_resource_without_cuda_or_bitsandbytes_is_explained(repo_root, seed_reference_dir):

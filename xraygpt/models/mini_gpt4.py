@@ -57,6 +57,9 @@ class MiniGPT4(nn.Module):
     def __init__(self, cfg: MiniGPT4Config):
         super().__init__()
         self.config = cfg
+        missing = cfg.missing_files()
+        if missing:  # all at once, before minutes of building
+            raise CheckpointError("files not found (docs/model.md says where each goes): " + "; ".join(missing))
         encoder_cls = registry.get_vision_encoder_class(cfg.vit_model)
         self.visual_encoder = encoder_cls.build(
             cfg.image_size, cfg.vision_config, cfg.vit_path, cfg.use_grad_checkpoint, cfg.drop_path_rate
@@ -68,7 +71,7 @@ class MiniGPT4(nn.Module):
         if cfg.q_former_model:
             self.load_blip2(cfg.q_former_model)
 
-        self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.llama_model or "")
+        self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.llama_model)
         self.llama_model = load_language_model(cfg, vocab_size=len(self.tokenizer))
         self.llama_proj = nn.Linear(self.qformer.config.hidden_size, self.llama_model.config.hidden_size)
 
@@ -77,8 +80,6 @@ class MiniGPT4(nn.Module):
         self._freeze(self.qformer, cfg.freeze_qformer)
         self.query_tokens.requires_grad_(not cfg.freeze_qformer)
         if cfg.lora is not None:
-            if not cfg.freeze_llm:
-                raise ValueError("model.lora trains adapters on a frozen LLM; keep model.freeze_llm: true with it")
             self.llama_model = apply_lora(self.llama_model, cfg.lora)
         else:
             self._freeze(self.llama_model, cfg.freeze_llm)
