@@ -255,3 +255,11 @@ def test_medclip_swin_encoder_from_medclip_checkpoint_and_hf_folder(repo_root, t
     from_folder = build(repo_root, f"model.vit_path={tmp_path / 'swin'}", cfg="model_tiny_medclip.yaml")
     for key, value in encoder.state_dict().items():
         assert torch.equal(from_folder.visual_encoder.state_dict()[key], value), key
+
+
+def test_streamed_text_holds_back_a_partial_end_symbol():
+    from xraygpt.models.generation import stream_until
+
+    assert list(stream_until(["The heart", " is normal.#", "##", " more"], "###")) == ["The heart", " is normal."]
+    assert "".join(stream_until(["a#", "#b", " c"], "###")) == "a##b c"
+    assert list(stream_until(["no end"], "###")) == ["no end"]

@@ -287,8 +287,6 @@ class MiniGPT4(nn.Module):
 
         with torch.no_grad():
             inputs_embeds, attention_mask = self.prepare_generation_inputs(image, [prompt], image_features, apply_template)
-        if inputs_embeds.shape[0] != 1:
-            raise ValueError("stream_generate takes one image; use generate() for batches")
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=False, skip_special_tokens=True)
         kwargs = self._generation_kwargs(generation_kwargs)
 
