@@ -54,6 +54,11 @@ CASES = [
     ("Widened mediastinum.", {"Enlarged Cardiomediastinum": POSITIVE}),
     ("Moderate bilateral interstitial edema.", {"Edema": POSITIVE}),
     ("Right apical pneumothorax.", {"Pneumothorax": POSITIVE}),
+    ("Heart is slightly large.", {"Cardiomegaly": POSITIVE}),
+    ("Consolidation and atelectasis in the left lower lobe have cleared.",
+     {"Consolidation": NEGATIVE, "Atelectasis": NEGATIVE}),
+    ("Without significant interval change of mild atelectasis of the left base.", {"Atelectasis": POSITIVE}),
+    ("Status post aortic valve replacement.", {"Support Devices": POSITIVE}),
 ]
 
 

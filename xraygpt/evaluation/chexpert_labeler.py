@@ -18,7 +18,7 @@ transparent. The pipeline follows the CheXpert labeler's three stages, with our 
      for``, ``cannot exclude``, ``borderline``, ``differential ...``, ``versus``, ``?``);
      ``likely`` counts as uncertain and ``consistent with`` / ``compatible with`` as positive, the
      CheXpert conventions;
-   * otherwise a negation after the mention (``... is not seen``, ``... has resolved``, ``removed``);
+   * otherwise a negation after the mention (``... is not seen``, ``... has resolved``/``cleared``, ``removed``);
    * otherwise positive. ``no change`` / ``no interval change`` are not negations (the finding persists).
 3. **Aggregation** per report: positive if any mention is positive, else uncertain if any is, else
    negative if any is, else blank. ``No Finding`` is positive when the report has text and none of the
@@ -77,7 +77,7 @@ MENTION_PATTERNS: Dict[str, Pattern[str]] = {
     ),
     "Cardiomegaly": _rx(
         r"\bcardiomegaly\b",
-        rf"\b{_CARDIAC}(?: \w+){{0,3}}? (?:enlarged|enlargement|increased)\b",
+        rf"\b{_CARDIAC}(?: \w+){{0,3}}? (?:enlarged|enlargement|increased|large)\b",
         r"\b(?:enlarg\w*|increased) (?:of )?(?:the )?(?:heart|cardiac silhouette|cardiac size|cardiac shadow)\b",
     ),
     "Lung Lesion": _rx(
@@ -140,6 +140,7 @@ MENTION_PATTERNS: Dict[str, Pattern[str]] = {
         r"\b(?:surgical |postsurgical |vascular )?clips?\b",
         r"\bhardware\b",
         r"\bprosthe\w*",
+        r"\bvalve replacement\b",
         r"\bshunt\b",
         r"\bdrains?\b",
         r"\bdevices?\b",
@@ -170,9 +171,9 @@ _HARDWARE = re.compile(r"\b(?:screws?|wires?|leads?|hardware|plates?|rods?|pins?
 
 # Not negations although they contain "no"/"not"/"without": the finding is still there.
 _PSEUDO_NEGATION = _rx(
-    r"\bno (?:significant |interval |appreciable |substantial |definite )?"
+    r"\bno (?:significant |interval |appreciable |substantial |definite )*"
     r"(?:change|increase|decrease|progression|worsening|improvement)\b",
-    r"\bwithout (?:significant |interval )?change\b",
+    r"\bwithout (?:significant |interval |appreciable )*change\b",
     r"\bnot (?:significantly )?changed\b",
     r"\bnot only\b",
 )
@@ -223,7 +224,7 @@ _POST_UNCERTAINTY = _rx(
 _POST_NEGATION = _rx(
     r"\b(?:is|are|was|were|has been|have been)? ?(?:not|no longer) "
     r"(?:seen|identified|present|visualized|evident|demonstrated|appreciated|noted|detected)\b",
-    r"\b(?:has |have )?resolved\b",
+    r"\b(?:has |have )?(?:resolved|cleared)\b",
     r"\b(?:is |are )?absent\b",
     r"\b(?:has |have )?(?:been )?removed\b",
 )

@@ -3,10 +3,10 @@
 Each (report, observation) pair becomes binary: positive (1) counts as 1; negative (0) and blank
 (None) count as 0. Uncertain (-1) follows ``uncertain``:
 
-* ``"negative"`` (default, "U-Zeros"): only explicit positives count, as in the usual CE code that keeps
-  label 1. On OpenI this matches the human MeSH indexing best (macro F1 0.90 vs 0.81 for U-Ones, see
-  ``labeler_validation``): indexers record asserted findings, not "differential includes pneumonia";
-* ``"positive"`` ("U-Ones"): a hedged mention ("possible consolidation") still flags the finding;
+* ``"negative"`` (default, "U-Zeros"): only explicit positives count, as in the usual CE code that
+  keeps label 1;
+* ``"positive"`` ("U-Ones"): a hedged mention ("possible consolidation") still flags the finding.
+  Against OpenI's MeSH indexing neither policy wins clearly (see docs/evaluation.md);
 * ``"ignore"``: the pair is left out of that observation's counts when *either* side is uncertain.
 
 Micro scores pool the counts of all observations. Macro scores average per-observation scores over
