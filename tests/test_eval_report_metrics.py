@@ -72,6 +72,18 @@ def java_scores():
     return compute_report_metrics(PREDICTIONS, REFERENCES, java="require")
 
 
+def test_ptb_tokenization_matches_pycocoevalcap_wrapper():
+    if not report_metrics.java_available():
+        pytest.skip("java not installed")
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    texts = {0: ["Normal chest x-XXXX.", "No (small) effusion, 4.7 cm; don't"], 1: [""], 2: [PREDICTIONS[0]]}
+    ours = report_metrics._ptb_tokenize(texts)
+    theirs = PTBTokenizer().tokenize({k: [{"caption": t} for t in v] for k, v in texts.items() if k != 1})
+    assert ours == {**theirs, 1: [""]}
+    assert ours[0][1] == "no -lrb- small -rrb- effusion 4.7 cm do n't"
+
+
 def test_bleu_matches_independent_formula(java_scores):
     hyps, refs = [_tokens(p) for p in PREDICTIONS], [_tokens(r) for r in REFERENCES]
     assert java_scores.tokenizer == "ptb"

@@ -21,9 +21,13 @@ the result says so in ``tokenizer`` and ``notes``. ``java="require"`` raises ins
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, List, Literal, Optional, Sequence, Union
 
 logger = logging.getLogger(__name__)
@@ -79,15 +83,41 @@ def fallback_tokenize(text: str) -> str:
     return " ".join(t for t in tokens if t not in _PTB_PUNCTUATION)
 
 
-def _ptb_tokenize(texts: Dict[int, List[str]]) -> Dict[int, List[str]]:
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+def _ptb_tokenize_lines(lines: List[str]) -> List[str]:
+    """pycocoevalcap's PTB tokenization (its jar, flags and punctuation list), run by us.
 
-    # The wrapper pairs output lines with inputs by position, so blank lines would shift them:
-    # tokenize only non-empty texts and keep empty ones as empty strings.
-    non_empty = {(k, j): t for k, ts in texts.items() for j, t in enumerate(ts) if t}
-    tokenized = PTBTokenizer().tokenize({key: [{"caption": t}] for key, t in enumerate(non_empty.values())})
-    by_key = dict(zip(non_empty.keys(), (tokenized[i][0] for i in range(len(non_empty)))))
-    return {k: [by_key.get((k, j), "") for j in range(len(ts))] for k, ts in texts.items()}
+    Its own wrapper writes a temporary file *inside site-packages* (fails on a read-only install) and
+    pairs output lines with inputs by position without checking; here the file goes to the temp dir
+    and a line-count mismatch is an error instead of silently shifted scores.
+    """
+    from pycocoevalcap.tokenizer import ptbtokenizer as ptb
+
+    if not lines:
+        return []
+    jar = Path(ptb.__file__).with_name(ptb.STANFORD_CORENLP_3_4_1_JAR)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as handle:
+        handle.write("\n".join(lines))
+    try:
+        completed = subprocess.run(
+            ["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase",
+             handle.name],
+            capture_output=True, check=True,
+        )
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(f"PTB tokenizer (java -cp {jar}) failed: {exc.stderr.decode(errors='replace')[-500:]}") from exc
+    finally:
+        os.remove(handle.name)
+    out = completed.stdout.decode("utf-8").split("\n")[: len(lines)]
+    if len(out) != len(lines):
+        raise RuntimeError(f"PTB tokenizer returned {len(out)} lines for {len(lines)} inputs")
+    return [" ".join(w for w in line.rstrip().split(" ") if w not in ptb.PUNCTUATIONS) for line in out]
+
+
+def _ptb_tokenize(texts: Dict[int, List[str]]) -> Dict[int, List[str]]:
+    # Blank lines would vanish in the tokenizer's output: tokenize non-empty texts, keep empty ones empty.
+    keys = [(k, j) for k, ts in texts.items() for j, t in enumerate(ts) if t]
+    tokenized = dict(zip(keys, _ptb_tokenize_lines([texts[k][j] for k, j in keys])))
+    return {k: [tokenized.get((k, j), "") for j in range(len(ts))] for k, ts in texts.items()}
 
 
 def compute_report_metrics(
