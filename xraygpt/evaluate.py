@@ -127,6 +127,8 @@ def generate_records(
         with tqdm(total=n, desc=f"{name}/{split}", unit="sample") as progress, torch.inference_mode():
             for batch in _batches(dataset, batch_size, limit, num_workers):
                 outputs = model.generate(batch["image"].to(device), list(batch["prompt"]), **generation_kwargs)
+                if len(outputs) != len(batch["prompt"]):
+                    raise RuntimeError(f"model.generate returned {len(outputs)} texts for a batch of {len(batch['prompt'])}")
                 questions = batch.get("question") or [None] * len(outputs)
                 for i, text in enumerate(outputs):
                     records.append({
