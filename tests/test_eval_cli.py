@@ -139,3 +139,44 @@ def test_missing_split_and_missing_datasets_are_config_errors(registered, tmp_pa
     no_data = CONFIG.replace("datasets:\n  evalm_tiny: {}\n", "")
     with pytest.raises(ConfigError, match="lists no datasets"):
         evaluate.main(["--cfg-path", _config(tmp_path, no_data), "--out", str(tmp_path / "y")])
+
+
+def test_end_to_end_with_tiny_model_and_medvqa_builder(tmp_path, seed_reference_dir):
+    """The real registered model (random tiny miniature) and the real builder, greedy decoding."""
+    from PIL import Image
+
+    data = tmp_path / "data"
+    (data / "image").mkdir(parents=True)
+    rng = torch.Generator().manual_seed(0)
+    entries = []
+    for i, caption in enumerate(CAPTIONS[:3]):
+        pixels = (torch.rand(48, 40, generator=rng) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels, mode="L").save(data / "image" / f"x{i}.png")
+        entries.append({"image": f"image/x{i}.png", "prompt": "Describe this chest x-ray.", "caption": caption})
+    (data / "filter_cap.json").write_text(json.dumps(entries))
+    (data / "filter_cap_test.json").write_text(json.dumps(entries))
+    config = f"""
+model:
+  arch: mini_gpt4
+  model_type: tiny
+  tokenizer: {seed_reference_dir / "tokenizer"}
+datasets:
+  medvqa:
+    build_info: {{storage: {data}}}
+run:
+  task: image_text_pretrain
+  device: cpu
+  batch_size_eval: 2
+"""
+    out = tmp_path / "out"
+    code = evaluate.main(["--cfg-path", _config(tmp_path, config), "--out", str(out), "--java", "off",
+                          "--max-new-tokens", "4"])
+    assert code == 0
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["image_id"] for r in rows] == ["x0", "x1", "x2"]
+    assert all(r["split"] == "test" and r["dataset"] == "medvqa" for r in rows)
+    assert [r["reference"] for r in rows] == CAPTIONS[:3]
+    assert all(isinstance(r["prediction"], str) and r["kind"] == "report" for r in rows)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["report"]["n"] == 3 and metrics["skipped_samples"] == 0
+    assert set(metrics["summary"]) >= {"BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr", "CE_micro_f1"}

@@ -1,13 +1,15 @@
 """The labeler against OpenI's human MeSH indexing (real reports; skipped without sample data)."""
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 from tests.conftest import REPO_ROOT
-from xraygpt.evaluation.labeler_validation import mesh_labels, mesh_term_observation, validate_on_openi
+from xraygpt.evaluation.labeler_validation import main, mesh_labels, mesh_term_observation, validate_on_openi
 
 
 def test_mesh_mapping():
@@ -33,13 +35,18 @@ def test_labeler_agrees_with_mesh_on_openi(sample_data_dir):
         assert result["per_observation"][obs]["agreement"] >= 0.9, obs
 
 
-def test_cli_prints_table_and_fails_clearly(sample_data_dir, tmp_path):
-    cmd = [sys.executable, "-m", "xraygpt.evaluation.labeler_validation"]
-    env = {"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run(cmd + [str(sample_data_dir / "openi_kaggle")], cwd=REPO_ROOT, env=env,
-                         capture_output=True, text=True)
+def test_cli_prints_table(sample_data_dir, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "xraygpt.evaluation.labeler_validation", str(sample_data_dir / "openi_kaggle"),
+         "--json", str(tmp_path / "v.json")],
+        cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert "Pleural Effusion" in out.stdout and "macro F1" in out.stdout
-    missing = subprocess.run(cmd + [str(tmp_path)], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-    assert missing.returncode == 2
-    assert "indiana_reports.csv not found" in missing.stderr and "Traceback" not in missing.stderr
+    assert json.loads((tmp_path / "v.json").read_text())["n_reports"] == 37
+
+
+def test_cli_missing_csv_is_one_clear_line(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "indiana_reports.csv not found" in err and "Traceback" not in err

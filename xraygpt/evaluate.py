@@ -9,17 +9,20 @@ text for each sample of the chosen splits in batches, scores them with
 * ``samples.jsonl``: one line per sample: dataset, split, image id, prompt, prediction, reference,
   per-sample metrics and the CheXpert labels of both texts.
 
-A sample carrying a ``question`` string is scored as VQA (its ``caption`` is the reference answer).
+Samples of the datasets named by ``--vqa-datasets`` (or carrying a ``question`` string) are scored as VQA:
+the prompt is the question and the ``caption`` the reference answer. Unreadable images follow
+``run.on_bad_sample``; with ``skip`` they are counted in ``metrics.json`` (``skipped_samples``).
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from xraygpt.common.cli import run_cli, setup_logging
 from xraygpt.common.config import Config, ConfigError, add_config_arguments
@@ -45,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="METEOR and the PTB tokenizer run in Java; 'auto' falls back (no METEOR) when java is missing",
     )
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves ~30 s of Java start-up)")
+    parser.add_argument(
+        "--vqa-datasets", nargs="+", default=[], metavar="NAME",
+        help="datasets whose prompts are questions and captions answers (scored as VQA, not as reports)",
+    )
     parser.add_argument(
         "--uncertain", choices=["negative", "positive", "ignore"], default="negative",
         help="how uncertain CheXpert labels count in clinical efficacy",
@@ -78,7 +85,11 @@ def build_splits(cfg: Config, splits: Sequence[str]) -> List[tuple]:
         raise ConfigError(f"{cfg.cfg_path} lists no datasets: add a 'datasets:' section with the test data")
     found = []
     for name, ds_cfg in cfg.datasets_cfg.items():
-        built = registry.get_builder_class(name)(ds_cfg).build_datasets()
+        builder_cls = registry.get_builder_class(name)
+        # Builders that take the run-wide bad-sample policy get it (a dataset's own setting still wins).
+        takes_policy = "on_bad_sample" in inspect.signature(builder_cls).parameters
+        builder = builder_cls(ds_cfg, on_bad_sample=cfg.run_cfg.on_bad_sample) if takes_policy else builder_cls(ds_cfg)
+        built = builder.build_datasets()
         for split in splits:
             if split in built and built[split] is not None:
                 found.append((name, split, built[split]))
@@ -89,22 +100,13 @@ def build_splits(cfg: Config, splits: Sequence[str]) -> List[tuple]:
     return found
 
 
-def _collate(samples: List[Dict[str, Any]]) -> Dict[str, Any]:
-    import torch
-
-    batch: Dict[str, Any] = {}
-    for key in samples[0]:
-        values = [s[key] for s in samples]
-        batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
-    return batch
-
-
-def _batches(dataset, batch_size: int, limit: Optional[int], num_workers: int) -> Iterator[Dict[str, Any]]:
+def _batches(dataset, batch_size: int, limit: Optional[int], num_workers: int) -> Iterator[Optional[Dict[str, Any]]]:
     from torch.utils.data import DataLoader, Subset
+
+    from xraygpt.datasets.caption_dataset import collate
 
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(dataset))))
-    collate = getattr(getattr(dataset, "dataset", dataset), "collater", None) or _collate
     yield from DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
 
 
@@ -116,32 +118,43 @@ def generate_records(
     device: str = "cpu",
     limit: Optional[int] = None,
     num_workers: int = 0,
-) -> List[Dict[str, Any]]:
-    """Generate one text per sample; returns records with prediction, reference and identifiers."""
+    vqa_datasets: Sequence[str] = (),
+) -> Tuple[List[Dict[str, Any]], int]:
+    """Generate one text per sample: ``(records, number of samples skipped as unreadable)``.
+
+    Samples of datasets named in ``vqa_datasets`` (or carrying a ``question``) are VQA items whose
+    prompt is the question and whose caption is the reference answer.
+    """
     import torch
     from tqdm import tqdm
 
     records: List[Dict[str, Any]] = []
+    skipped = 0
     for name, split, dataset in splits:
         n = len(dataset) if limit is None else min(limit, len(dataset))
+        produced = len(records)
         with tqdm(total=n, desc=f"{name}/{split}", unit="sample") as progress, torch.inference_mode():
             for batch in _batches(dataset, batch_size, limit, num_workers):
-                outputs = model.generate(batch["image"].to(device), list(batch["prompt"]), **generation_kwargs)
-                if len(outputs) != len(batch["prompt"]):
-                    raise RuntimeError(f"model.generate returned {len(outputs)} texts for a batch of {len(batch['prompt'])}")
-                questions = batch.get("question") or [None] * len(outputs)
+                if batch is None:  # every sample of the batch was unreadable (and the policy is skip)
+                    continue
+                prompts = list(batch["prompt"])
+                outputs = model.generate(batch["image"].to(device), prompts, **generation_kwargs)
+                if len(outputs) != len(prompts):
+                    raise RuntimeError(f"model.generate returned {len(outputs)} texts for a batch of {len(prompts)}")
+                questions = batch.get("question") or [p if name in vqa_datasets else None for p in prompts]
                 for i, text in enumerate(outputs):
                     records.append({
                         "dataset": name,
                         "split": split,
                         "image_id": str(batch["image_id"][i]),
-                        "prompt": batch["prompt"][i],
+                        "prompt": prompts[i],
                         "question": questions[i],
                         "prediction": text,
                         "reference": batch["caption"][i],
                     })
-                progress.update(len(outputs))
-    return records
+                progress.update(len(prompts))
+        skipped += n - (len(records) - produced)
+    return records, skipped
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -178,19 +191,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     generation_kwargs = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
 
     model = build_model(cfg, device)
-    records = generate_records(model, build_splits(cfg, splits), batch_size, generation_kwargs,
-                               device=device, limit=args.limit, num_workers=run.num_workers)
+    records, skipped = generate_records(model, build_splits(cfg, splits), batch_size, generation_kwargs,
+                                        device=device, limit=args.limit, num_workers=run.num_workers,
+                                        vqa_datasets=args.vqa_datasets)
     if not records:
         raise ConfigError(f"the split(s) {splits} hold no samples: nothing to evaluate")
     result = score_reports(
         [r["prediction"] for r in records], [r["reference"] for r in records], [r["question"] for r in records],
         java=args.java, meteor=not args.no_meteor, uncertain=args.uncertain,
     )
+    result["skipped_samples"] = skipped
     settings = {"config": str(cfg.cfg_path), "splits": splits, "batch_size": batch_size, "device": device,
-                "limit": args.limit, "generation": generation_kwargs}
+                "limit": args.limit, "generation": generation_kwargs, "vqa_datasets": args.vqa_datasets}
     write_outputs(out_dir, records, result, settings)
     print(format_summary(result))
-    print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'samples.jsonl'} ({len(records)} samples)")
+    print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'samples.jsonl'} ({len(records)} samples"
+          f"{f', {skipped} unreadable samples skipped' if skipped else ''})")
     return 0
 
 
