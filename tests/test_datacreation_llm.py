@@ -38,6 +38,8 @@ class FakeLLMServer(ThreadingHTTPServer):
         self.phase = 1
         self.delay = 0.0
         self.auth_headers: set = set()
+        self.inflight = self.max_inflight = 0
+        self.image_parts = 0
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
@@ -74,16 +76,32 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         server = self.server
+        phase = server.phase  # at arrival: a killed client's late requests stay in its phase
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         assert self.path.endswith("/chat/completions")
         assert request["response_format"] == {"type": "json_object"}
         server.auth_headers.add(self.headers.get("Authorization"))
-        text = request["messages"][-1]["content"]
+        content = request["messages"][-1]["content"]
+        if isinstance(content, list):  # --attach-image: text part + data-URL image part
+            assert content[1]["image_url"]["url"].startswith("data:image/png;base64,")
+            content = content[0]["text"]
+            with self.server.lock:
+                self.server.image_parts += 1
+        text = content
         uid, behaviour = MARKER.search(text).groups()
         task = "vqa" if '"question"' in text else "report"
         with server.lock:
             server.attempts[(uid, task)] += 1
             attempt = server.attempts[(uid, task)]
+            server.inflight += 1
+            server.max_inflight = max(server.max_inflight, server.inflight)
+        try:
+            self._answer(server, uid, behaviour, task, attempt, phase)
+        finally:
+            with server.lock:
+                server.inflight -= 1
+
+    def _answer(self, server, uid, behaviour, task, attempt, phase):
         status = 200
         if server.delay:
             time.sleep(server.delay)
@@ -111,7 +129,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(200, _completion(json.dumps({"question": f"Is study {uid} normal?", "answer": "Yes."})))
         with server.lock:
-            server.log.append((server.phase, uid, task, status))
+            server.log.append((phase, uid, task, status))
 
 
 @pytest.fixture
@@ -251,6 +269,7 @@ def test_resume_after_sigkill_loses_nothing_and_repeats_nothing(tmp_path, llm_se
     asked_again = {f"openi:{uid}" for phase, uid, _, _ in llm_server.log if phase == 2}
     assert not asked_again & done_before  # finished work was not paid for twice
     assert asked_again | done_before == {f"openi:{uid}" for uid in uids}
+    assert llm_server.max_inflight == 2  # --concurrency 2: parallel, and bounded
     entries = [e for split in read_split_files(out).values() for e in split]
     assert sorted(int(re.search(r"study (\d+)", e["caption"]).group(1)) for e in entries) == uids
 
@@ -260,7 +279,8 @@ def test_split_has_no_uid_in_two_splits(tmp_path, llm_server, monkeypatch):
     source = make_openi(tmp_path / "openi", {uid: "good" for uid in uids}, frontals=2)
     monkeypatch.setenv("XRAYGPT_TEST_KEY", SECRET)
     out = tmp_path / "out"
-    assert openi_main(llm_args(source, out, llm_server, "--all-images", "--concurrency", "4")) == 0
+    assert openi_main(llm_args(source, out, llm_server, "--all-images", "--concurrency", "4", "--attach-image")) == 0
+    assert llm_server.image_parts == 2 * len(uids)  # report + vqa request per study, each with its image
     split_of_uid = {}
     for split, entries in read_split_files(out).items():
         assert entries, f"{split} is empty"

@@ -9,13 +9,12 @@ since every later request would fail the same way.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -259,7 +258,5 @@ class LLMGenerator:
 
 
 def describe_settings(settings: LLMSettings) -> Dict[str, Any]:
-    """Settings for the manifest: everything except secrets (the key is never read here)."""
-    data = {k: v for k, v in vars(settings).items()}
-    data["api_key_env"] = settings.api_key_env  # the variable's name, not its value
-    return json.loads(json.dumps(data, default=str))
+    """Settings for the manifest; they hold the key variable's name, never its value."""
+    return asdict(settings)
