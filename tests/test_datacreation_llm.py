@@ -295,3 +295,19 @@ def test_split_has_no_uid_in_two_splits(tmp_path, llm_server, monkeypatch):
     groups = [set(manifest["splits"][s]["groups"]) for s in ("train", "val", "test")]
     assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
     assert [len(g) for g in groups] == [8, 2, 2]
+
+
+def test_prompt_carries_the_source_text_and_the_task_schema(tmp_path):
+    from xraygpt.data_creation.llm import build_messages
+    from xraygpt.data_creation.records import Job, SourceItem
+
+    image = tmp_path / "ROCO_1.png"
+    Image.new("L", (8, 8)).save(image)
+    item = SourceItem("roco", "ROCO_1", "roco:PMC1", [image], {"caption": "Axial CT shows a mass.", "keywords": "ct, mass"})
+    system, user = build_messages(Job(item, "vqa", "llm-vqa-v1", image=image), attach_image=False)
+    assert "never copy 'XXXX'" in system["content"]
+    assert "caption: Axial CT shows a mass." in user["content"] and "keywords: ct, mass" in user["content"]
+    assert '{"question": "<question>", "answer": "<answer>"}' in user["content"]
+    _, with_image = build_messages(Job(item, "report", "llm-report-v1", image=image), attach_image=True)
+    text, picture = with_image["content"]
+    assert '"response"' in text["text"] and picture["image_url"]["url"].startswith("data:image/png;base64,")

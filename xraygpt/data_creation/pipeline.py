@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 import time
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -158,6 +159,28 @@ def _run_jobs(jobs: List[Job], spec: GeneratorSpec, options: RunOptions, cache: 
         bar.close()
 
 
+def _assemble(jobs: List[Job], cache: JsonlCache, split_of_group: Dict[str, str], images: Dict[str, List[str]]):
+    """Entries per split in source order, plus what the manifest records about each split."""
+    splits: Dict[str, List[Dict[str, str]]] = {name: [] for name in SPLITS}
+    provenance = {name: {"source_ids": [], "groups": set(), "entries_by_task": Counter()} for name in SPLITS}
+    models: Counter = Counter()
+    for job in jobs:
+        record = cache.records.get(job.key)
+        if record is None:  # rejected in this run
+            continue
+        split = split_of_group[job.item.group_id]
+        info = provenance[split]
+        if not info["source_ids"] or info["source_ids"][-1] != job.item.source_id:
+            info["source_ids"].append(job.item.source_id)
+        info["groups"].add(job.item.group_id)
+        models[record.get("model", "unknown")] += 1
+        for entry in record["entries"]:
+            for image in images[job.item.source_id]:
+                splits[split].append({"image": image, "prompt": entry["prompt"], "caption": entry["caption"]})
+                info["entries_by_task"][job.task] += 1
+    return splits, provenance, models
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -195,30 +218,12 @@ def run(
         log.info("%d generation jobs, %d already done (cache), %d to run", len(jobs), len(jobs) - len(pending), len(pending))
         rejections += _run_jobs(pending, spec, options, cache, out / REJECTED_FILE)
 
-        splits: Dict[str, List[Dict[str, str]]] = {name: [] for name in SPLITS}
-        provenance: Dict[str, Dict[str, Any]] = {name: {"source_ids": [], "groups": set(), "entries_by_task": {}} for name in SPLITS}
-        models = {}
-        for job in jobs:
-            record = cache.records.get(job.key)
-            if record is None:
-                continue
-            split = split_of_group[job.item.group_id]
-            info = provenance[split]
-            if not info["source_ids"] or info["source_ids"][-1] != job.item.source_id:
-                info["source_ids"].append(job.item.source_id)
-            info["groups"].add(job.item.group_id)
-            models[record.get("model", "?")] = models.get(record.get("model", "?"), 0) + 1
-            for entry in record["entries"]:
-                for image in images[job.item.source_id]:
-                    splits[split].append({"image": image, "prompt": entry["prompt"], "caption": entry["caption"]})
-                    info["entries_by_task"][job.task] = info["entries_by_task"].get(job.task, 0) + 1
+        splits, provenance, models = _assemble(jobs, cache, split_of_group, images)
 
     for name in SPLITS:
         atomic_write_json(out / SPLIT_FILES[name], splits[name])
 
-    counts_by_stage: Dict[str, int] = {}
-    for rejection in rejections:
-        counts_by_stage[rejection.stage] = counts_by_stage.get(rejection.stage, 0) + 1
+    counts_by_stage = dict(Counter(rejection.stage for rejection in rejections))
     manifest = {
         "tool": "xraygpt.data_creation",
         "created": _now(),
@@ -226,7 +231,7 @@ def run(
         "source": source_info,
         "generator": spec.description,
         "prompt_versions": {t: spec.prompt_versions[t] for t in options.tasks},
-        "models_in_output": models,
+        "models_in_output": dict(models),
         "options": {
             **{k: v for k, v in asdict(options).items() if k != "out_dir"},
             "filters": asdict(text_filter),
@@ -245,7 +250,7 @@ def run(
             name: {
                 "file": SPLIT_FILES[name],
                 "entries": len(splits[name]),
-                "entries_by_task": provenance[name]["entries_by_task"],
+                "entries_by_task": dict(provenance[name]["entries_by_task"]),
                 "groups": sorted(provenance[name]["groups"]),
                 "source_ids": provenance[name]["source_ids"],
             }
