@@ -161,3 +161,21 @@ def test_unreadable_image_is_rejected_not_fatal(sample_data_dir, tmp_path):
 def test_missing_input_folder_exits_with_message(tmp_path, capsys):
     assert openi_main(["--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--offline"]) == 2
     assert "OpenI image folder not found" in capsys.readouterr().err
+
+
+def test_merged_offline_dataset_loads_in_the_medvqa_builder(openi_dataset, sample_data_dir, tmp_path):
+    from xraygpt.common.registry import registry
+    from xraygpt.data_creation.merge import merge_datasets
+
+    openi, _ = openi_dataset
+    roco = tmp_path / "roco"
+    assert roco_main(["--roco-dir", str(sample_data_dir / "roco/data/validation/radiology"), "--out", str(roco),
+                      "--offline", "--no-progress"]) == 0
+    merged = tmp_path / "medvqa"
+    manifest = merge_datasets([openi, roco], merged, ["openi", "roco"])
+    datasets = registry.get_builder_class("medvqa")({"build_info": {"storage": str(merged)}}).build_datasets()
+    assert {split: len(ds) for split, ds in datasets.items()} == manifest["counts"]["entries"]
+    sample = datasets["val"][0]
+    first = json.loads((merged / "filter_cap_val.json").read_text())[0]
+    assert sample["image"].shape[0] == 3 and sample["caption"].strip() == first["caption"]
+    assert sample["image_id"] == Path(first["image"]).stem

@@ -21,16 +21,8 @@ class ImageExportError(Exception):
 
 
 def _load_rgb(path: Path):
-    try:
-        from xraygpt.datasets.image_io import ImageLoadError, load_medical_image
-    except ImportError:  # TEMPORARY until issue 4's loader is merged: plain Pillow decode.
-        from PIL import Image
+    from xraygpt.datasets.image_io import ImageLoadError, load_medical_image
 
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except (OSError, ValueError) as exc:
-            raise ImageExportError(f"{path}: cannot read image ({exc})") from exc
     try:
         return load_medical_image(path)
     except ImageLoadError as exc:
