@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from xraygpt.data_creation.cli import openi_main, roco_main
-from xraygpt.data_creation.offline import detect_modality, parse_mesh
+from xraygpt.data_creation.offline import detect_modality, parse_mesh, with_article
 from xraygpt.data_creation.openi import read_openi
 from xraygpt.data_creation.records import DataCreationError
 from xraygpt.data_creation.text import clean_report_text, join_report
@@ -46,6 +46,9 @@ def test_modality_detection_needs_exactly_one_modality():
     assert detect_modality("Chest radiograph showing a nodule") == "X-ray radiograph"
     assert detect_modality("CT and MRI of the brain") is None
     assert detect_modality("Lung nodules") is None
+    assert detect_modality("Sonogram of the left breast") == "ultrasound image"
+    assert [with_article(p) for p in ("X-ray radiograph", "ultrasound image", "magnetic resonance (MR) image")] == [
+        "an X-ray radiograph", "an ultrasound image", "a magnetic resonance (MR) image"]
 
 
 @pytest.fixture(scope="module")

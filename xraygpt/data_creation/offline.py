@@ -48,7 +48,7 @@ NORMAL_STUDY_NEGATIVES = ("cardiomegaly", "pleural effusion", "pneumothorax", "c
 MODALITIES = (
     ("computed tomography (CT) image", re.compile(r"\b(CT|CTA|computed tomograph\w*|HRCT)\b")),
     ("magnetic resonance (MR) image", re.compile(r"\b(MRI|MR|magnetic resonance|T1|T2|FLAIR)\b")),
-    ("ultrasound image", re.compile(r"\b(ultrasound|ultrasonograph\w*|sonograph\w*|doppler|echocardiograph\w*)\b", re.I)),
+    ("ultrasound image", re.compile(r"\b(ultrasound|ultrasonogra\w*|sonogra\w*|doppler|echocardiograph\w*)\b", re.I)),
     ("X-ray radiograph", re.compile(r"\b(x-?ray|radiograph\w*|CXR)\b", re.I)),
     ("nuclear medicine scan", re.compile(r"\b(scintigra\w*|PET|SPECT|bone scan)\b", re.I)),
     ("angiogram", re.compile(r"\b(angiogra\w*|DSA)\b", re.I)),
@@ -127,6 +127,11 @@ def openi_questions(item: SourceItem, max_questions: int) -> List[Dict[str, str]
     return entries[:max_questions]
 
 
+def with_article(phrase: str) -> str:
+    """``an X-ray radiograph``, ``an ultrasound image``, ``a computed tomography (CT) image``."""
+    return f"{'an' if phrase[0] in 'aeiouAEIOUX' else 'a'} {phrase}"
+
+
 def detect_modality(caption: str) -> Optional[str]:
     """The one imaging modality a caption names, or None when it names none or several."""
     found = [name for name, pattern in MODALITIES if pattern.search(caption)]
@@ -153,7 +158,7 @@ def generate_offline(job: Job, max_questions: int = 3) -> List[Dict[str, str]]:
         else:
             modality = detect_modality(item.text.get("caption", ""))
             entries = [] if modality is None else [
-                {"prompt": "Which imaging modality was used for this image?", "caption": f"This is a {modality}."}
+                {"prompt": "Which imaging modality was used for this image?", "caption": f"This is {with_article(modality)}."}
             ]
         if not entries:
             raise GenerationRejected("no rule-based question applies (no indexed finding or no single modality named)")
