@@ -90,7 +90,7 @@ class StandInDataset(Dataset):
 class StandInBuilder:
     DATASET_CONFIG_DICT = {"default": str(HERE / "fixtures" / "train_standin_defaults.yaml")}
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: Any, on_bad_sample: str = "error"):
         self.cfg = cfg
 
     def build_datasets(self) -> Dict[str, Dataset]:

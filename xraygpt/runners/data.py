@@ -29,7 +29,10 @@ class SeededSamples(Dataset):
         self.dataset, self.seed, self.epoch = dataset, int(seed), 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Also re-plans an epoch-dependent dataset (e.g. a sample_ratio mixture)."""
         self.epoch = int(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]

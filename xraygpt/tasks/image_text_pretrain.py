@@ -6,16 +6,12 @@ optional generation metrics at validation time.
 """
 from __future__ import annotations
 
-import inspect
-import logging
 from typing import Any, Dict, List, Optional
 
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from xraygpt.common.registry import registry
-
-logger = logging.getLogger("xraygpt.train")
 
 
 @registry.register_task("image_text_pretrain")
@@ -35,21 +31,13 @@ class ImageTextPretrainTask:
         return registry.get_model_class(model_cfg.arch).from_config(model_cfg)
 
     def build_datasets(self) -> Dict[str, Dataset]:
-        """Each dataset's builder, then the same split of several datasets concatenated."""
-        datasets_cfg = self.cfg.datasets_cfg
-        if not datasets_cfg:
+        """Every dataset's builder; splits of several datasets mixed by ``sample_ratio`` or concatenated."""
+        from xraygpt.datasets import build_datasets
+
+        if not self.cfg.datasets_cfg:
             raise ValueError("the config has no datasets: section")
-        per_split: Dict[str, List[Dataset]] = {}
-        for name in datasets_cfg:
-            builder_cls = registry.get_builder_class(name)
-            if "on_bad_sample" in inspect.signature(builder_cls).parameters:
-                builder = builder_cls(datasets_cfg[name], on_bad_sample=self.cfg.run_cfg.on_bad_sample)
-            else:
-                builder = builder_cls(datasets_cfg[name])
-            for split, dataset in builder.build_datasets().items():
-                if dataset is not None:
-                    per_split.setdefault(split, []).append(dataset)
-        return {split: parts[0] if len(parts) == 1 else ConcatDataset(parts) for split, parts in per_split.items()}
+        run_cfg = self.cfg.run_cfg
+        return build_datasets(self.cfg.datasets_cfg, on_bad_sample=run_cfg.on_bad_sample, seed=int(run_cfg.seed))
 
     # -------------------------------------------------------------------- steps
     def train_step(self, model: torch.nn.Module, samples: Dict[str, Any]) -> Dict[str, Any]:
