@@ -42,19 +42,25 @@ def _losses(job_dir, kind="train"):
 
 def test_phantom_training_then_generation_and_scores(phantom_dir, tmp_path):
     from xraygpt.common.config import Config
-    from xraygpt.quickstart import best_checkpoint, evaluate
+    from xraygpt.quickstart import evaluate
 
-    options = _options(phantom_dir, tmp_path, "e2e")
+    options = _options(phantom_dir, tmp_path, "e2e", "run.valid_generate=4", "run.valid_max_new_tokens=6")
     state = train_in_process(CONFIG, *options)
     assert state["global_step"] == 3 and state["best_checkpoint"] == "step_00000003"
     job = tmp_path / "e2e"
     assert sorted(_losses(job)) == [1, 2, 3] and all(v > 0 for v in _losses(job).values())
+    valid = [json.loads(line) for line in (job / "log.jsonl").read_text().splitlines() if '"valid"' in line]
+    assert valid[0]["loss"] > 0 and "BLEU-1" in valid[0]  # generation metrics of 4 valid samples
     cfg = Config({"cfg_path": CONFIG, "options": options + ["run.valid_max_new_tokens=8"]})
-    result = evaluate(cfg, best_checkpoint(job), "test", 8, phantom_dir / "filter_cap_test.json")
+    assert (job / "model_best.safetensors").read_bytes() == (
+        job / "checkpoints" / "step_00000003" / "model.safetensors").read_bytes()
+    result = evaluate(cfg, job / "model_best.safetensors", "test", 8, phantom_dir / "filter_cap_test.json")
     records = result["records"]
-    assert records and all(isinstance(r["prediction"], str) for r in records)
-    assert any(r["is_vqa"] for r in records) and any(not r["is_vqa"] for r in records)
-    assert "CE_micro_f1" in result["scores"]["summary"]
+    test_entries = json.loads((phantom_dir / "filter_cap_test.json").read_text())
+    assert len(records) == len(test_entries) and all(isinstance(r["prediction"], str) for r in records)
+    assert sum(bool(r["question"]) for r in records) == sum(e["task"] == "vqa" for e in test_entries)
+    summary = result["scores"]["summary"]
+    assert "CE_micro_f1" in summary and "VQA_closed_accuracy" in summary
 
 
 def test_feature_cache_matches_image_training_with_the_real_model(phantom_dir, tmp_path):

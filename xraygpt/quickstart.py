@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-import torch
-
 from xraygpt.common.cli import setup_logging
+from xraygpt.common.registry import registry
 
 logger = logging.getLogger("xraygpt.quickstart")
 
@@ -48,53 +47,42 @@ def ensure_tokenizer(path: Path, annotations: Path, vocab_size: int) -> None:
     logger.info("trained a %d-piece SentencePiece tokenizer on the phantom reports: %s", vocab_size, path)
 
 
-def evaluate(cfg: Any, checkpoint: Path, split: str, max_new_tokens: int, annotation_file: Path) -> Dict[str, Any]:
-    """Generate for every ``split`` sample with the trained weights and score the texts."""
-    from xraygpt.common.checkpointing import load_checkpoint
-    from xraygpt.common.registry import registry
-    from xraygpt.runners.runner_base import unwrap
-    from xraygpt.tasks.report_generation import generate_for_samples, score_records
+def evaluate(cfg: Any, weights: Path, split: str, max_new_tokens: int, annotation_file: Path) -> Dict[str, Any]:
+    """Generate for every ``split`` sample with the trained weights (``model_best.safetensors``) and score it."""
+    from xraygpt.evaluate import generate_records
+    from xraygpt.evaluation import score_reports
 
+    cfg.model_cfg.ckpt = str(weights)
     task = registry.get_task_class(cfg.run_cfg.task).setup_task(cfg)
     datasets = task.build_datasets()
     if split not in datasets:
         raise KeyError(f"the phantom dataset has no '{split}' split (built: {sorted(datasets)})")
-    model = task.build_model()
-    weights = load_checkpoint(checkpoint)["weights"]
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected:
-        raise RuntimeError(f"checkpoint {checkpoint} holds weights this model lacks: {unexpected[:5]}")
-    records = generate_for_samples(unwrap(model), datasets[split], batch_size=int(cfg.run_cfg.batch_size_eval),
-                                   max_new_tokens=max_new_tokens)
+    model = task.build_model().eval()
+    records, _ = generate_records(model, [("phantoms", split, datasets[split])], int(cfg.run_cfg.batch_size_eval),
+                                  {"max_new_tokens": max_new_tokens})
     mark_vqa(records, annotation_file)
-    return {"records": records, "scores": score_records(records)}
+    scores = score_reports([r["prediction"] for r in records], [r["reference"] for r in records],
+                           [r["question"] for r in records], meteor=False)
+    return {"records": records, "scores": scores}
 
 
 def mark_vqa(records: List[Dict[str, Any]], annotation_file: Path) -> None:
-    """Flag question/answer items (``"task": "vqa"`` in the phantom annotations) so they are scored as VQA."""
+    """Score question/answer items (``"task": "vqa"`` in the phantom annotations) as VQA: question = prompt."""
     entries = json.loads(annotation_file.read_text(encoding="utf-8"))
     vqa = {(e.get("image_id"), str(e.get("prompt")).strip()) for e in entries if e.get("task") == "vqa"}
     for record in records:
-        record["is_vqa"] = record["is_vqa"] or (record["image_id"], record["prompt"].strip()) in vqa
-
-
-def best_checkpoint(job_dir: Path) -> Path:
-    from xraygpt.common.checkpointing import list_checkpoints
-
-    pointer = job_dir / "checkpoints" / "best.json"
-    if pointer.is_file():
-        return job_dir / "checkpoints" / json.loads(pointer.read_text())["checkpoint"]
-    return list_checkpoints(job_dir / "checkpoints")[-1]
+        if (record["image_id"], record["prompt"].strip()) in vqa:
+            record["question"] = record["prompt"].strip()
 
 
 def print_sample(records: List[Dict[str, Any]]) -> None:
-    reports = [r for r in records if not r["is_vqa"]] or records
+    reports = [r for r in records if not r["question"]] or records
     sample = reports[0]
     print(f"\n--- sample report ({sample['image_id']}) ---")
     print(f"prompt:       {sample['prompt']}")
     print(f"generated:    {sample['prediction']}")
     print(f"ground truth: {sample['reference']}")
-    vqa = [r for r in records if r["is_vqa"]]
+    vqa = [r for r in records if r["question"]]
     if vqa:
         print(f"question:     {vqa[0]['prompt']}\nanswer:       {vqa[0]['prediction']}  (truth: {vqa[0]['reference']})")
 
@@ -128,13 +116,13 @@ def main(argv: List[str] | None = None) -> int:
         print("\nvalidation loss by epoch: " + ", ".join(f"{h['epoch'] + 1}: {h['loss']:.3f}" for h in history))
 
     split = (list(cfg.run_cfg.test_splits) or ["test"])[0]
-    checkpoint = best_checkpoint(job_dir)
+    weights = job_dir / "model_best.safetensors"
     annotation_file = data_dir / dataset_cfg.build_info.ann_files[split]
-    result = evaluate(cfg, checkpoint, split, int(cfg.run_cfg.valid_max_new_tokens), annotation_file)
+    result = evaluate(cfg, weights, split, int(cfg.run_cfg.valid_max_new_tokens), annotation_file)
     done = time.perf_counter()
     from xraygpt.evaluation import format_summary
 
-    print(f"\n=== held-out '{split}' split: {len(result['records'])} samples, weights {checkpoint} ===")
+    print(f"\n=== held-out '{split}' split: {len(result['records'])} samples, weights {weights} ===")
     print(format_summary(result["scores"]))
     print_sample(result["records"])
     summary = result["scores"]["summary"]

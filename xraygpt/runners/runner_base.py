@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -81,7 +82,7 @@ class RunnerBase:
         self.dist = dist_info or init_distributed(self.run_cfg)
         self.device = self.dist.device
         self.model = model.to(self.device)
-        self.datasets = datasets
+        self.datasets = self.image_datasets = datasets
         self.amp_dtype = self._amp_dtype()
         if self.run_cfg.cache_visual_features:
             self.datasets = self._cached_datasets()
@@ -138,12 +139,13 @@ class RunnerBase:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def _split(self, names: List[str]) -> Optional[Dataset]:
-        """The named splits of every dataset, concatenated (None when no dataset has them)."""
-        parts = [self.datasets[name] for name in names if name in self.datasets and self.datasets[name] is not None]
-        missing = [name for name in names if name not in self.datasets]
+    def _split(self, names: List[str], images: bool = False) -> Optional[Dataset]:
+        """The named splits, concatenated (None when absent); ``images``: bypass the feature cache."""
+        source = self.image_datasets if images else self.datasets
+        parts = [source[name] for name in names if name in source and source[name] is not None]
+        missing = [name for name in names if name not in source]
         if missing:
-            raise KeyError(f"split(s) {missing} not built; available: {sorted(self.datasets)} (check run.*_splits)")
+            raise KeyError(f"split(s) {missing} not built; available: {sorted(source)} (check run.*_splits)")
         if not parts:
             return None
         return parts[0] if len(parts) == 1 else ConcatDataset(parts)
@@ -219,6 +221,8 @@ class RunnerBase:
             if is_best:
                 self._write_best_pointer(state)
         self._report_skipped(stream)
+        self._export_best_weights(state)
+        self._test(state)
         self.log.close()
         self.task.after_training(self)
         barrier()
@@ -241,6 +245,9 @@ class RunnerBase:
                 scaler.scale(loss.float() * (weight / accum)).backward()
             weighted_loss += torch.tensor([loss.detach().double().item() * weight, weight], dtype=torch.float64)
         all_reduce_sum(weighted_loss)
+        if float(weighted_loss[1]) == 0.0:
+            raise ValueError(f"a training step had no target tokens (data position {stream.position()}): "
+                             "are the captions empty, or is model.max_txt_len too small for the prompt?")
         mean_loss = float(weighted_loss[0] / weighted_loss[1])
         if not math.isfinite(mean_loss) and not scaler.is_enabled():
             raise FloatingPointError(
@@ -262,9 +269,10 @@ class RunnerBase:
 
     # -------------------------------------------------------------- validation
     @torch.no_grad()
-    def validate(self) -> Dict[str, float]:
-        """Loss over the valid splits (plus the task's generation metrics); {} when there is none."""
-        dataset = self._split(list(self.run_cfg.valid_splits)) if self.run_cfg.valid_splits else None
+    def validate(self, splits: Optional[List[str]] = None) -> Dict[str, float]:
+        """Loss over ``splits`` (default: the valid splits) plus the task's generation metrics; {} without data."""
+        names = list(self.run_cfg.valid_splits) if splits is None else list(splits)
+        dataset = self._split(names) if names else None
         if dataset is None:
             return {}
         model = self.model
@@ -285,9 +293,30 @@ class RunnerBase:
             sums += torch.tensor([float(output["loss"]) * weight, weight], dtype=torch.float64)
         all_reduce_sum(sums)
         metrics = {"loss": float(sums[0] / max(float(sums[1]), 1e-12))}
-        metrics.update(self.task.generation_metrics(self, dataset))
+        metrics.update(self.task.generation_metrics(self, self._split(names, images=True)))
         model.train()
         return metrics
+
+    def _export_best_weights(self, state: TrainState) -> None:
+        """``<job>/model_best.safetensors``: the best (else last) trainable weights, for ``model.ckpt``."""
+        if not self.dist.is_main:
+            return
+        name = state.best_checkpoint or self._checkpoint_path(state).name
+        source = self.ckpt_dir / name / ckpt.WEIGHTS_FILE
+        target = self.job_dir / "model_best.safetensors"
+        tmp = target.with_name(f".tmp-{target.name}")
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+        logger.info("weights of %s exported to %s (use it as model.ckpt)", name, target)
+
+    def _test(self, state: TrainState) -> None:
+        """Loss of the final weights on ``run.test_splits`` (the quick start also generates and scores them)."""
+        if not self.run_cfg.test_splits:
+            return
+        metrics = self.validate(list(self.run_cfg.test_splits))
+        if metrics and self.dist.is_main:
+            logger.info("test splits %s after training: loss %.4f", list(self.run_cfg.test_splits), metrics["loss"])
+            self.log.write("test", state.global_step, metrics)
 
     def _is_best(self, state: TrainState, metrics: Dict[str, float]) -> bool:
         return state.best_metric is None or metrics["loss"] < state.best_metric

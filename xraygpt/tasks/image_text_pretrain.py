@@ -58,18 +58,27 @@ class ImageTextPretrainTask:
         return lengths
 
     def generation_metrics(self, runner: Any, dataset: Dataset) -> Dict[str, float]:
-        """Scores of text generated for ``run.valid_generate`` valid samples (rank 0; {} when off)."""
+        """Scores of text generated for the first ``run.valid_generate`` samples (rank 0; {} when off).
+
+        ``dataset`` must yield images (the runner passes the uncached split).
+        """
         count = int(runner.run_cfg.valid_generate)
         if count == 0 or not runner.dist.is_main:
             return {}
+        from xraygpt.evaluate import generate_records
+        from xraygpt.evaluation import score_reports
         from xraygpt.runners.runner_base import unwrap
-        from xraygpt.tasks.report_generation import generate_for_samples, score_records
 
-        indices = range(len(dataset)) if count < 0 else range(min(count, len(dataset)))
-        records = generate_for_samples(unwrap(runner.model), dataset, indices, int(runner.run_cfg.batch_size_eval),
-                                       int(runner.run_cfg.valid_max_new_tokens), runner.autocast)
-        summary = score_records(records)["summary"]
-        return {key: float(value) for key, value in summary.items() if isinstance(value, (int, float))}
+        records, _ = generate_records(
+            unwrap(runner.model), [("valid", "val", dataset)], int(runner.run_cfg.batch_size_eval),
+            {"max_new_tokens": int(runner.run_cfg.valid_max_new_tokens)}, device=str(runner.device),
+            limit=None if count < 0 else count,
+        )
+        if not records:
+            return {}
+        result = score_reports([r["prediction"] for r in records], [r["reference"] for r in records],
+                               [r["question"] for r in records], meteor=False)
+        return {key: float(value) for key, value in result["summary"].items() if isinstance(value, (int, float))}
 
     def after_training(self, runner: Any) -> None:
         """Hook for the end of training (nothing by default)."""
