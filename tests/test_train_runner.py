@@ -94,7 +94,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     killed = write_config(tmp_path, run={**run, "job_id": "killed"}, model={"dropout": 0.2}, name="killed.yaml")
     ckpt4 = tmp_path / "out" / "killed" / "checkpoints" / "step_00000004"
     proc = subprocess.Popen([sys.executable, "-m", "tests.train_support", "--cfg-path", str(killed)], cwd=REPO_ROOT,
-                            env={**_env(), "STANDIN_STEP_DELAY": "0.4"}, stdout=subprocess.DEVNULL,
+                            env={**_env(), "STANDIN_STEP_DELAY": "0.25"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not ckpt4.exists() and proc.poll() is None and time.time() < deadline:
