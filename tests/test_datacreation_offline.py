@@ -166,9 +166,10 @@ def test_missing_input_folder_exits_with_message(tmp_path, capsys):
     assert "OpenI image folder not found" in capsys.readouterr().err
 
 
-def test_merged_offline_dataset_loads_in_the_medvqa_builder(openi_dataset, sample_data_dir, tmp_path):
+def test_merged_offline_dataset_validates_and_loads_in_the_medvqa_builder(openi_dataset, sample_data_dir, tmp_path, capsys):
     from xraygpt.common.registry import registry
     from xraygpt.data_creation.merge import merge_datasets
+    from xraygpt.datasets.validate import main as validate
 
     openi, _ = openi_dataset
     roco = tmp_path / "roco"
@@ -176,6 +177,10 @@ def test_merged_offline_dataset_loads_in_the_medvqa_builder(openi_dataset, sampl
                       "--offline", "--no-progress"]) == 0
     merged = tmp_path / "medvqa"
     manifest = merge_datasets([openi, roco], merged, ["openi", "roco"])
+    for folder in (openi, roco, merged):  # --strict: duplicates (warnings) fail too
+        capsys.readouterr()
+        assert validate([str(folder), "--strict"]) == 0, capsys.readouterr().out
+        assert " 0 error(s), 0 warning(s)" in capsys.readouterr().out
     datasets = registry.get_builder_class("medvqa")({"build_info": {"storage": str(merged)}}).build_datasets()
     assert {split: len(ds) for split, ds in datasets.items()} == manifest["counts"]["entries"]
     sample = datasets["val"][0]

@@ -6,8 +6,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from tests.conftest import REPO_ROOT
 from xraygpt.evaluation.labeler_validation import main, mesh_labels, mesh_term_observation, validate_on_openi
 

@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="generation batch size (default: run.batch_size_eval)")
     parser.add_argument("--limit", type=int, help="score only the first N samples of each split (smoke runs)")
     parser.add_argument("--device", help="cpu or cuda[:N] (default: run.device; cuda falls back to cpu)")
-    parser.add_argument("--max-new-tokens", type=int, default=300)
-    parser.add_argument("--num-beams", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=300, help="longest report to generate, in tokens")
+    parser.add_argument("--num-beams", type=int, default=1, help="beam width (1 = greedy)")
     parser.add_argument(
         "--java", choices=["auto", "require", "off"], default="auto",
         help="METEOR and the PTB tokenizer run in Java; 'auto' falls back (no METEOR) when java is missing",

@@ -268,7 +268,6 @@ def _mask(text: str, pattern: Pattern[str]) -> str:
     return pattern.sub(lambda m: "_" * len(m.group()), text)
 
 
-
 def classify(before: str, after: str) -> int:
     """Label of a mention from the clause text before and after it."""
     before, after = _mask(before, _PSEUDO_NEGATION), _mask(after, _PSEUDO_NEGATION)
