@@ -32,7 +32,7 @@ def phantom_dir(tmp_path_factory):
 
 def _options(phantom_dir, tmp_path, job, *extra):
     return [f"datasets.phantoms.build_info.storage={phantom_dir}", f"model.tokenizer={phantom_dir}/tokenizer.model",
-            f"run.output_dir={tmp_path}", f"run.job_id={job}", *TINY, *extra]
+            f"run.output_dir={tmp_path}", f"run.job_id={job}", f"run.cache_dir={tmp_path}/cache", *TINY, *extra]
 
 
 def _losses(job_dir, kind="train"):
@@ -65,9 +65,9 @@ def test_phantom_training_then_generation_and_scores(phantom_dir, tmp_path):
 
 def test_feature_cache_matches_image_training_with_the_real_model(phantom_dir, tmp_path):
     frozen = ["model.freeze_vit=true", "model.freeze_qformer=true", "run.valid_splits=[]"]
-    train_in_process(CONFIG, *_options(phantom_dir, tmp_path, "plain", *frozen))
+    train_in_process(CONFIG, *_options(phantom_dir, tmp_path, "plain", *frozen, "run.cache_visual_features=false"))
     train_in_process(CONFIG, *_options(
-        phantom_dir, tmp_path, "cached", *frozen, "run.cache_visual_features=true", f"run.cache_dir={tmp_path}/cache"))
+        phantom_dir, tmp_path, "cached", *frozen, "run.cache_visual_features=true"))
     plain, cached = _losses(tmp_path / "plain"), _losses(tmp_path / "cached")
     assert plain.keys() == cached.keys() == {1, 2, 3}
     for step in plain:

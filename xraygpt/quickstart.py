@@ -17,12 +17,16 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
+from safetensors.torch import save_file
+
 from xraygpt.common.cli import setup_logging
 from xraygpt.common.registry import registry
 
 logger = logging.getLogger("xraygpt.quickstart")
 
 CONFIG = "train_configs/phantom_tiny.yaml"
+FULL_WEIGHTS = "model_full.safetensors"
+"""All weights of the trained phantom model (eval_configs/phantom_tiny_eval.yaml reads it)."""
 
 
 def ensure_phantoms(folder: Path, count: int, seed: int, size: int) -> None:
@@ -52,12 +56,17 @@ def evaluate(cfg: Any, weights: Path, split: str, max_new_tokens: int, annotatio
     from xraygpt.evaluate import generate_records
     from xraygpt.evaluation import score_reports
 
+    from xraygpt.train import set_seed
+
     cfg.model_cfg.ckpt = str(weights)
     task = registry.get_task_class(cfg.run_cfg.task).setup_task(cfg)
     datasets = task.build_datasets()
     if split not in datasets:
         raise KeyError(f"the phantom dataset has no '{split}' split (built: {sorted(datasets)})")
+    set_seed(int(cfg.run_cfg.seed))  # frozen random-init parts are rebuilt exactly as in training
     model = task.build_model().eval()
+    # Frozen parts were random, not read from a file: keep every weight so the model can be rebuilt anywhere.
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights.with_name(FULL_WEIGHTS)))
     records, _ = generate_records(model, [("phantoms", split, datasets[split])], int(cfg.run_cfg.batch_size_eval),
                                   {"max_new_tokens": max_new_tokens})
     mark_vqa(records, annotation_file)
