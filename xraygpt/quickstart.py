@@ -65,7 +65,7 @@ def evaluate(cfg: Any, weights: Path, split: str, max_new_tokens: int, annotatio
         raise KeyError(f"the phantom dataset has no '{split}' split (built: {sorted(datasets)})")
     set_seed(int(cfg.run_cfg.seed))  # frozen random-init parts are rebuilt exactly as in training
     model = task.build_model().eval()
-    # Frozen parts were random, not read from a file: keep every weight so the model can be rebuilt anywhere.
+    # The tiny model's parts come from random init, not files: keep every weight (frozen ones too) in one file.
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights.with_name(FULL_WEIGHTS)))
     records, _ = generate_records(model, [("phantoms", split, datasets[split])], int(cfg.run_cfg.batch_size_eval),
                                   {"max_new_tokens": max_new_tokens})
