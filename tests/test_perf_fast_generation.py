@@ -7,12 +7,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from xraygpt.models import fast_generation
 from xraygpt.models.fast_generation import (
     DecodeSettings,
     FastGenerator,
     choose_next_tokens,
     fast_generate,
-    should_use_fast_generation,
     unsupported_reason,
 )
 
@@ -166,15 +166,19 @@ def test_capture_is_reused_between_calls(llama):
     assert torch.equal(second[:, :8], first)
 
 
-def test_unsupported_requests_go_to_hf_generate():
+def test_unsupported_requests_go_to_hf_generate(llama):
     assert unsupported_reason({"max_new_tokens": 5, "num_beams": 3}) == "beam search"
     assert "unsupported" in unsupported_reason({"max_new_tokens": 5, "no_repeat_ngram_size": 3})
     assert unsupported_reason({"max_new_tokens": 5, "do_sample": True, "top_p": 0.9}) is None
-    assert not should_use_fast_generation(True, torch.device("cpu"), {"max_new_tokens": 5})
-    assert not should_use_fast_generation(False, torch.device("cuda"), {"max_new_tokens": 5})
-    assert should_use_fast_generation(True, torch.device("cuda"), {"max_new_tokens": 5})
     with pytest.raises(ValueError, match="beam search"):
-        FastGenerator(torch.nn.Linear(1, 1)).generate(torch.zeros(1, 1, 1), max_new_tokens=2, num_beams=2)
+        FastGenerator(llama).generate(torch.zeros(1, 1, HIDDEN), max_new_tokens=2, num_beams=2)
+    # The model's seam: beams (and CPU tensors) take transformers' generate and give its result.
+    holder = torch.nn.Module()
+    holder.llama_model = llama
+    embeds, mask = _prompt()
+    kwargs = dict(max_new_tokens=6, num_beams=2, do_sample=False)
+    expected = llama.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+    assert torch.equal(fast_generation.generate(holder, embeds, mask, **kwargs), expected)
 
 
 @pytest.mark.gpu

@@ -23,7 +23,7 @@ import logging
 import os
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -372,12 +372,22 @@ def fast_generate(llm: nn.Module, inputs_embeds: torch.Tensor, attention_mask: t
     return get_fast_generator(llm).generate(inputs_embeds, attention_mask, **generation_kwargs)
 
 
-def should_use_fast_generation(enabled: bool, device: torch.device, generation_kwargs: dict,
-                               warn: Callable[[str], None] | None = None) -> bool:
-    """Policy used by the model: on by default on CUDA, off on CPU, HF path for what is not supported."""
-    if not enabled or device.type != "cuda":
-        return False
+def generate(model: nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
+             **generation_kwargs) -> torch.Tensor:
+    """The model's decode seam: fast path on CUDA for what it supports, transformers ``generate`` otherwise.
+
+    ``model`` is the multimodal model (its LLM is ``model.llama_model``) or the LLM itself.
+    Returns the new token ids [B, n] either way.
+    """
+    llm = getattr(model, "llama_model", model)
     reason = unsupported_reason(generation_kwargs)
-    if reason and warn is not None:
-        warn(f"using transformers generate: {reason}")
-    return reason is None
+    if inputs_embeds.device.type == "cuda" and reason is None and not _is_peft(llm):
+        return fast_generate(llm, inputs_embeds, attention_mask, **generation_kwargs)
+    if reason and inputs_embeds.device.type == "cuda":
+        log.info("fast generation not used: %s", reason)
+    return llm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generation_kwargs)
+
+
+def _is_peft(llm: nn.Module) -> bool:
+    """LoRA-wrapped LLMs keep HF generate (peft's forward signature differs; not measured here)."""
+    return type(llm).__module__.startswith("peft")
