@@ -23,11 +23,14 @@ import logging
 import os
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from xraygpt.models.regional_compile import compile_decoder_layers
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +156,8 @@ class _DecodeRunner:
 
         self.llm, self.batch, self.cache_len, self.settings = llm, batch, cache_len, settings
         self.use_graph = use_graph
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.decode_graph = GraphedCall(self._decode_step)
+        self.prefill_graphs: dict[int, GraphedCall] = {}
         self.cache_kw = _cache_kwarg_name(llm)
         self.cache = StaticCache(config=llm.config, max_cache_len=cache_len)
         embed = llm.get_input_embeddings()
@@ -210,12 +214,10 @@ class _DecodeRunner:
         self.position += 1
         self.write_slot += 1
 
-    def prefill(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int) -> None:
-        """Reset the state, run the prompt through the LLM (eager) and choose the first new token."""
-        batch, length, _ = inputs_embeds.shape
+    def _reset(self, length: int) -> None:
+        """Forget the previous request (cheap, eager): the cache counters, masks and outputs."""
         self.cache.reset()
         self.key_valid.zero_()
-        self.key_valid[:, :length] = attention_mask.bool()
         self.tokens.fill_(self.settings.pad_token_id)
         self.finished.zero_()
         self.finish_step.fill_(self.max_steps)
@@ -225,56 +227,112 @@ class _DecodeRunner:
         self.step_index.zero_()
         self.min_steps.fill_(self.settings.min_new_tokens)
         self.write_slot.fill_(length)
+
+    def _prefill(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """Run the prompt through the LLM and choose the first new token; graph-safe."""
+        length = inputs_embeds.shape[1]
+        device = inputs_embeds.device
+        self.key_valid[:, :length] = attention_mask.bool()
         positions = (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
         self.position.copy_(positions[:, -1] + 1)
         # Causal over the prompt, padding keys hidden; a padding query sees itself so no row is empty (no NaN).
-        causal = torch.ones(length, self.cache_len, dtype=torch.bool, device=inputs_embeds.device).tril()
-        eye = torch.eye(length, self.cache_len, dtype=torch.bool, device=inputs_embeds.device)
+        causal = torch.ones(length, self.cache_len, dtype=torch.bool, device=device).tril()
+        eye = torch.eye(length, self.cache_len, dtype=torch.bool, device=device)
         visible = (causal[None] & self.key_valid[:, None, :]) | eye[None]
         out = self.llm(inputs_embeds=inputs_embeds.to(self.dtype), attention_mask=self._additive_mask(visible)[:, None],
                        position_ids=positions, use_cache=True, logits_to_keep=1, **{self.cache_kw: self.cache})
         self._emit(out.logits[:, -1, :])
 
+    def prefill(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """Reset, then prefill: replayed from a CUDA graph for a prompt length seen before."""
+        length = inputs_embeds.shape[1]
+        self._reset(length)
+        graphed = self.prefill_graphs.get(length)
+        if graphed is None and self.use_graph:
+            graphed = self.prefill_graphs[length] = GraphedCall(self._prefill)
+        if graphed is None:
+            self._prefill(inputs_embeds, attention_mask)
+        else:
+            graphed(inputs_embeds, attention_mask)
+
     def step(self) -> None:
         """Advance every row by one token: graph replay when captured, else the same ops eagerly."""
-        if self.graph is not None:
-            self.graph.replay()
-            return
-        if not self.use_graph:
+        if self.use_graph:
+            self.decode_graph()
+        else:
             self._decode_step()
-            return
-        # The first graph-mode steps run eagerly on a side stream (real steps, they also warm cuBLAS),
-        # then the step is captured; capture executes nothing, so the state stays consistent.
-        self._warm_steps = getattr(self, "_warm_steps", 0) + 1
+
+
+class GraphedCall:
+    """Replays ``fn(*tensors)`` from a CUDA graph, per input shape; the first call of a shape runs eagerly.
+
+    PyTorch needs a warm-up run before capture (lazy initialisation, cuBLAS workspaces), so a shape is captured
+    at its second call. ``fn`` must not synchronise with the host; its outputs come from static buffers, so
+    callers copy them out before the next call. A failed capture logs once and leaves the call eager.
+    """
+
+    def __init__(self, fn: Callable[..., torch.Tensor | None]):
+        self.fn = fn
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], object]] = {}
+        self._seen: set[tuple] = set()
+        self.failed = False
+
+    def __call__(self, *args: torch.Tensor):
+        key = tuple((tuple(a.shape), a.dtype, a.device) for a in args)
+        entry = self._graphs.get(key)
+        if entry is None:
+            if self.failed or key not in self._seen:
+                self._seen.add(key)
+                return self._eager_on_side_stream(args)
+            entry = self._capture(key, args)
+            if entry is None:
+                return self.fn(*args)
+        graph, inputs, outputs = entry
+        for static, new in zip(inputs, args):
+            static.copy_(new)
+        graph.replay()
+        return outputs
+
+    def _eager_on_side_stream(self, args):
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._decode_step()
+            result = self.fn(*args)
         torch.cuda.current_stream().wait_stream(side)
-        if self._warm_steps >= 2:
-            self._capture()
+        return result
 
-    def _capture(self) -> None:
+    def _capture(self, key, args):
+        inputs = [a.clone() for a in args]
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self._decode_step()
-        except Exception as err:  # noqa: BLE001 - any capture failure means: run eagerly, results unchanged
-            log.warning("CUDA graph capture of the decode step failed (%s); decoding eagerly instead.", err)
-            self.use_graph = False
-            return
-        self.graph = graph
+                outputs = self.fn(*inputs)
+        except Exception as err:  # noqa: BLE001 - any capture failure means: stay eager, results unchanged
+            log.warning("CUDA graph capture of %s failed (%s); running it eagerly.", _name(self.fn), err)
+            self.failed = True
+            return None
+        self._graphs[key] = (graph, inputs, outputs)
+        return self._graphs[key]
+
+
+def _name(fn) -> str:
+    return getattr(fn, "__qualname__", repr(fn))
 
 
 class FastGenerator:
     """Decoder for one LLM; keeps its captured steps for the life of the process (an LRU of ``max_runners``)."""
 
     def __init__(self, llm: nn.Module, use_cuda_graph: bool | None = None, cache_len_multiple: int = 128,
-                 max_runners: int = 4, sync_every: int = 16):
+                 max_runners: int = 4, sync_every: int = 16, prompt_len_multiple: int = 16,
+                 compile_layers: bool | None = None):
         if use_cuda_graph is None:
             use_cuda_graph = os.environ.get("XRAYGPT_CUDA_GRAPHS", "1") != "0"
+        if compile_layers is None:
+            compile_layers = os.environ.get("XRAYGPT_COMPILE_DECODE", "0") == "1"
         self.llm = llm
         self.use_cuda_graph = use_cuda_graph
+        self.compile_layers = compile_layers
+        self.prompt_len_multiple = prompt_len_multiple
         self.cache_len_multiple = cache_len_multiple
         self.max_runners = max_runners
         self.sync_every = sync_every
@@ -314,8 +372,16 @@ class FastGenerator:
         batch, length, _ = inputs_embeds.shape
         if attention_mask is None:
             attention_mask = torch.ones(batch, length, dtype=torch.long, device=inputs_embeds.device)
+        # Left-pad prompts to a multiple of prompt_len_multiple: fewer shapes, so captured prefills get reused.
+        extra = -length % self.prompt_len_multiple
+        if extra:
+            inputs_embeds = F.pad(inputs_embeds, (0, 0, extra, 0))
+            attention_mask = F.pad(attention_mask, (extra, 0))
+            length += extra
+        if self.compile_layers and inputs_embeds.is_cuda:
+            compile_decoder_layers(self.llm)
         runner = self._runner(batch, length + settings.max_new_tokens, settings, inputs_embeds.device)
-        runner.prefill(inputs_embeds, attention_mask, settings.max_new_tokens)
+        runner.prefill(inputs_embeds, attention_mask)
         cut = torch.full((batch,), settings.max_new_tokens, dtype=torch.long)  # host-side stop_strings cuts
         steps, checked = 1, 0
         while True:

@@ -20,5 +20,12 @@ def compile_decoder_layers(llm: nn.Module, dynamic: bool | None = None) -> int:
         if hasattr(config, name):
             setattr(config, name, max(getattr(config, name), 64))
     for layer in layers:
-        layer.compile(dynamic=dynamic)
+        if getattr(layer, "_compiled_call_impl", None) is None:  # already compiled: keep its cache
+            layer.compile(dynamic=dynamic)
     return len(layers)
+
+
+def decompile_decoder_layers(llm: nn.Module) -> None:
+    """Back to eager blocks (e.g. to reproduce the original's eager fp16 setting in a benchmark)."""
+    for layer in llm.get_decoder().layers:
+        layer._compiled_call_impl = None
