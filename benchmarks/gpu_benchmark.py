@@ -241,7 +241,7 @@ def section_training(ours, base, sizes, device, report, ceiling):
         step = train_step_fn(lambda: ours(samples)["loss"], ours_params, device, amp_dtype(device))
         measure_training("ours    ", step, device, sizes, batch, flops, ceiling, param_bytes(ours), report,
                          f"train.b{batch}.ours")
-        if batch == max(sizes.train_batches) and device.type == "cuda":
+        if batch in sizes.train_batches[1:] and device.type == "cuda":
             profile_step(step, f"ours_b{batch}", report)
         del step
         gc.collect()
@@ -249,44 +249,41 @@ def section_training(ours, base, sizes, device, report, ceiling):
 
 
 def section_ablations(ours, sizes, device, report, ceiling, flops):
-    """What each training optimisation buys: the full-vocabulary HF loss instead of the caption-only head,
-    and regional torch.compile on top (kept on afterwards only if --keep-compile)."""
+    """What each training optimisation buys, switched off one at a time on top of the others:
+    regional compile (+ fused loss head), the graphed frozen encoder, the caption-only LM head."""
     from xraygpt.models import mini_gpt4
-    from xraygpt.models.regional_compile import compile_decoder_layers
+    from xraygpt.models.regional_compile import compile_decoder_layers, decompile_decoder_layers
 
     params = [p for p in ours.parameters() if p.requires_grad]
-    batches = sizes.train_batches[1:]
-    caption_loss = mini_gpt4.caption_lm_loss
-    mini_gpt4.caption_lm_loss = lambda llm, e, m, l: llm(inputs_embeds=e, attention_mask=m, labels=l).loss
+    encoder_graph, caption_loss = ours._encoder_graph, mini_gpt4.caption_lm_loss
+
+    def hf_loss(llm, embeds, mask, labels, fused=False):
+        return llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+
+    variants = [("no_encoder_graph", dict(graph=False)),
+                ("no_compile", dict(compile=False)),
+                ("no_compile_hf_loss", dict(compile=False, hf=True)),
+                ("none", dict(compile=False, hf=True, graph=False))]
     ours.train()
     try:
-        for batch in batches:
-            inputs = make_inputs(ours, sizes, batch, device)
-            samples = {"image": inputs.images, "prompt": inputs.prompts, "caption": inputs.captions}
-            step = train_step_fn(lambda: ours(samples)["loss"], params, device, amp_dtype(device))
-            print(f"ablation B={batch}: full-vocabulary HF loss", flush=True)
-            measure_training("hf-loss ", step, device, sizes, batch, flops, ceiling, param_bytes(ours), report,
-                             f"train.b{batch}.ours_hf_loss")
+        for name, off in variants:
+            ours._encoder_graph = None if off.get("graph") is False else encoder_graph
+            mini_gpt4.caption_lm_loss = hf_loss if off.get("hf") else caption_loss
+            if off.get("compile") is False:
+                decompile_decoder_layers(ours.llama_model)
+                ours.config.compile_llm, ours._llm_compiled = False, False
+            for batch in sizes.train_batches[1:]:
+                inputs = make_inputs(ours, sizes, batch, device)
+                samples = {"image": inputs.images, "prompt": inputs.prompts, "caption": inputs.captions}
+                step = train_step_fn(lambda: ours(samples)["loss"], params, device, amp_dtype(device))
+                print(f"ablation B={batch}: {name}", flush=True)
+                measure_training(name, step, device, sizes, batch, flops, ceiling, param_bytes(ours), report,
+                                 f"train.b{batch}.ablate_{name}")
     finally:
-        mini_gpt4.caption_lm_loss = caption_loss
-    if device.type != "cuda":
-        return  # inductor on CPU needs a C++ toolchain and minutes; nothing to learn from it here
-    compile_decoder_layers(ours.llama_model)
-    for batch in batches:
-        inputs = make_inputs(ours, sizes, batch, device)
-        samples = {"image": inputs.images, "prompt": inputs.prompts, "caption": inputs.captions}
-        step = train_step_fn(lambda: ours(samples)["loss"], params, device, amp_dtype(device))
-        t0 = time.perf_counter()
-        step()
-        synchronize(device)
-        report.put(f"train.b{batch}.ours_compiled.first_step_s", time.perf_counter() - t0)
-        print(f"ablation B={batch}: regional compile (first step {time.perf_counter() - t0:.1f} s)", flush=True)
-        measure_training("compiled", step, device, sizes, batch, flops, ceiling, param_bytes(ours), report,
-                         f"train.b{batch}.ours_compiled")
-        if batch == max(batches) and device.type == "cuda":
-            profile_step(step, f"ours_compiled_b{batch}", report)
-    for layer in ours.llama_model.get_decoder().layers:
-        layer._compiled_call_impl = None  # back to eager for the later sections
+        ours._encoder_graph, mini_gpt4.caption_lm_loss = encoder_graph, caption_loss
+        ours.config.compile_llm = True
+        if device.type == "cuda":
+            ours._llm_compiled = compile_decoder_layers(ours.llama_model) > 0
 
 
 def section_seed_like(ours, sizes, device, report, ceiling, flops):
@@ -296,10 +293,15 @@ def section_seed_like(ours, sizes, device, report, ceiling, flops):
         return
     inputs = make_inputs(ours, sizes, 1, device)
     samples = {"image": inputs.images, "prompt": inputs.prompts, "caption": inputs.captions}
+    from xraygpt.models.regional_compile import compile_decoder_layers, decompile_decoder_layers
+
     llm = ours.llama_model
     ours.visual_encoder.half()
     llm.half()
     llm.set_attn_implementation("eager")
+    decompile_decoder_layers(llm)
+    saved = ours.config.compile_llm, ours._llm_compiled, ours._encoder_graph
+    ours.config.compile_llm, ours._llm_compiled, ours._encoder_graph = False, False, None
     try:
         scaler = torch.amp.GradScaler("cuda")
         params = [p for p in ours.parameters() if p.requires_grad]
@@ -310,6 +312,8 @@ def section_seed_like(ours, sizes, device, report, ceiling, flops):
         llm.set_attn_implementation("sdpa")
         llm.to(torch.bfloat16)
         ours.visual_encoder.to(torch.bfloat16)
+        ours.config.compile_llm, ours._llm_compiled, ours._encoder_graph = saved
+        compile_decoder_layers(llm)
 
 
 def section_length_mix(ours, sizes, device, report):
@@ -379,7 +383,7 @@ def profile_step(step, name, report):
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         step()
         torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=70)
+    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15, max_name_column_width=60)
     report.extra_text[f"profile_{name}"] = table
     print(table, flush=True)
 
@@ -394,9 +398,13 @@ def section_generation(ours, base, sizes, device, report, copy_gbps):
     report.put("gen.llm_weight_bytes_per_token", weight_bytes)
     report.put("gen.floor_ms_per_token", floor_ms)
     report.put("gen.floor_tokens_per_s", 1e3 / floor_ms)
+    from xraygpt.models.regional_compile import decompile_decoder_layers
+
     n = sizes.new_tokens
     exact = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, stop_strings=[])
     ours.eval()
+    decompile_decoder_layers(llm)  # the demo / CLI never trained: eager blocks (compiled: variant below)
+    base.language_projection.to(base.dtype)  # inference baseline: everything bf16, as a user loads it
     for batch in sizes.gen_batches:
         inputs = make_inputs(ours, sizes, batch, device, seed=1)
         run = lambda: ours.generate(inputs.images, inputs.prompts, return_ids=True, **exact)  # noqa: E731
@@ -422,6 +430,35 @@ def section_generation(ours, base, sizes, device, report, copy_gbps):
         first = time_fn(lambda: base.generate(pixel_values=pixels, input_ids=ids_b, attention_mask=mask_b,
                                               max_new_tokens=1, do_sample=False), device, reps=3, warmup=1)
         put_generation(report, f"gen.b{batch}.baseline", batch, n, total.median_ms, first.median_ms, peak.gib, floor_ms)
+
+    # Where the time to first token goes (batch 1): image encoder + prompt embedding, then prefill + 1 token.
+    inputs = make_inputs(ours, sizes, 1, device, seed=1)
+    prep = time_fn(lambda: ours.prepare_generation_inputs(inputs.images, inputs.prompts), device, sizes.gen_reps, 2)
+    embeds, mask = ours.prepare_generation_inputs(inputs.images, inputs.prompts)
+    one = time_fn(lambda: fast_generation.fast_generate(llm, embeds, mask, max_new_tokens=1), device, sizes.gen_reps, 2)
+    report.put("gen.b1.ours.ttft_encode_ms", prep.median_ms)
+    report.put("gen.b1.ours.ttft_prefill_ms", one.median_ms)
+    print(f"  TTFT split B=1: encode+embed {prep.median_ms:.1f} ms, prefill+first token {one.median_ms:.1f} ms", flush=True)
+    if device.type == "cuda":
+        eager = fast_generation.FastGenerator(llm, use_cuda_graph=False)
+        profile_step(lambda: eager.generate(embeds, mask, max_new_tokens=4, min_new_tokens=4), "decode_eager_b1", report)
+        # Variant: compiled blocks inside the captured decode step.
+        fast_generation._GENERATORS[llm] = fast_generation.FastGenerator(llm, compile_layers=True)
+        for batch in (1, max(sizes.gen_batches)):
+            inputs = make_inputs(ours, sizes, batch, device, seed=1)
+            t0 = time.perf_counter()
+            ours.generate(inputs.images, inputs.prompts, **exact)
+            ours.generate(inputs.images, inputs.prompts, **exact)
+            synchronize(device)
+            report.put(f"gen.b{batch}.ours_compiled.first_calls_s", time.perf_counter() - t0)
+            total = time_fn(lambda: ours.generate(inputs.images, inputs.prompts, **exact), device, sizes.gen_reps, 0)
+            first = time_fn(lambda: ours.generate(inputs.images, inputs.prompts, **{**exact, "max_new_tokens": 1,
+                                                                                      "min_new_tokens": 1}),
+                            device, sizes.gen_reps, 2)
+            put_generation(report, f"gen.b{batch}.ours_compiled", batch, n, total.median_ms, first.median_ms,
+                           float("nan"), floor_ms)
+        fast_generation._GENERATORS[llm] = fast_generation.FastGenerator(llm)
+        decompile_decoder_layers(llm)
 
     # Same greedy tokens with the fast path off (transformers generate on our model) and without CUDA graphs.
     inputs = make_inputs(ours, sizes, 1, device, seed=1)

@@ -7,6 +7,8 @@ Projecting just the labelled positions gives the same loss and gradients while s
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,11 +17,24 @@ IGNORE_INDEX = -100
 
 
 def caption_lm_loss(llm: nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                    labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token NLL over the positions whose label is not ``IGNORE_INDEX`` (HF's causal-LM loss)."""
+                    labels: torch.Tensor, fused: bool = False) -> torch.Tensor:
+    """Mean next-token NLL over the positions whose label is not ``IGNORE_INDEX`` (HF's causal-LM loss).
+
+    ``fused`` runs LM head + cross-entropy through torch.compile, so the float32 logits and their
+    log-softmax are never stored (the backward recomputes them inside one kernel).
+    """
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX
     hidden = llm.get_decoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                use_cache=False).last_hidden_state
-    logits = llm.get_output_embeddings()(hidden[:, :-1][keep])
-    return F.cross_entropy(logits.float(), targets[keep])
+    head = _compiled_head_nll() if fused else _head_nll
+    return head(hidden[:, :-1][keep], llm.get_output_embeddings().weight, targets[keep])
+
+
+def _head_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(F.linear(hidden, weight).float(), targets)
+
+
+@functools.cache
+def _compiled_head_nll():
+    return torch.compile(_head_nll, dynamic=True)

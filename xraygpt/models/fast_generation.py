@@ -278,7 +278,9 @@ class GraphedCall:
         self.failed = False
 
     def __call__(self, *args: torch.Tensor):
-        key = tuple((tuple(a.shape), a.dtype, a.device) for a in args)
+        # Autocast and grad mode change the captured kernels, so they are part of the key.
+        key = (tuple((tuple(a.shape), a.dtype, a.device) for a in args), torch.is_grad_enabled(),
+               torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
         entry = self._graphs.get(key)
         if entry is None:
             if self.failed or key not in self._seen:

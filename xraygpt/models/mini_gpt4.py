@@ -88,7 +88,7 @@ class MiniGPT4(nn.Module):
 
         self._llm_compiled = False
         frozen_encoders = cfg.freeze_vit and cfg.freeze_qformer
-        self._encoder_graph = GraphedCall(self._encode_qformer) if cfg.use_fast_generation and frozen_encoders else None
+        self._encoder_graph = GraphedCall(self._encode_qformer) if frozen_encoders else None
         self.prompt_list: List[str] = read_prompt_file(cfg.prompt_path, cfg.prompt_template) if cfg.prompt_path else []
         if cfg.ckpt:
             self.load_checkpoint(cfg.ckpt)
@@ -133,12 +133,12 @@ class MiniGPT4(nn.Module):
     def encode_qformer(self, image: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` -> Q-Former last hidden state ``[B, num_query_token, D_qformer]``.
 
-        Frozen parts run without autograd, so their activations are never kept. At inference on CUDA
-        (no autograd, no autocast) the call is replayed from a CUDA graph per batch shape (fast_generation).
+        Frozen parts run without autograd, so their activations are never kept. Frozen on CUDA, the
+        call is replayed from a CUDA graph per batch shape (fast_generation.GraphedCall): ~70 Python-driven
+        blocks cost more host time than GPU time at small batches.
         """
         image = image.to(self.device)
-        if image.is_cuda and self._encoder_graph is not None and not torch.is_grad_enabled() \
-                and not torch.is_autocast_enabled("cuda"):
+        if image.is_cuda and self._encoder_graph is not None:
             return self._encoder_graph(image).clone()
         return self._encode_qformer(image)
 
@@ -209,7 +209,7 @@ class MiniGPT4(nn.Module):
             self._llm_compiled = compile_decoder_layers(self.llama_model) > 0
         # Only caption positions go through the LM head (same loss as labels=, less work and memory).
         loss = caption_lm_loss(self.llama_model, inputs_embeds, batch.attention_mask.to(self.device),
-                               batch.labels.to(self.device))
+                               batch.labels.to(self.device), fused=self._llm_compiled)
         return {"loss": loss, "num_target_tokens": torch.tensor(batch.num_target_tokens)}
 
     # ------------------------------------------------------------- generation
