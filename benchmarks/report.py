@@ -16,7 +16,7 @@ CAUSES: dict[str, str] = {
                  "limited by transformers' cache.update(layer_idx) forcing one compile per layer.",
     "floor_b1": "Same cause as decode B=1: 46% of the floor with eager blocks, 61% with compiled blocks.",
     "cache": "Physics of this workload: the frozen ViT-g + Q-Former forward is ~8% of a step's FLOPs at "
-             "215 tokens (16 of 210 TFLOP at B=32), and the CUDA-graphed encoder already makes it cheap, so "
+             "215 tokens (16 of 198 TFLOP at B=32), and the CUDA-graphed encoder already makes it cheap, so "
              "skipping it can give at most ~1.1x; the cache's value is not re-encoding and a smaller GPU footprint.",
 }
 
