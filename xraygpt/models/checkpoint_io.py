@@ -1,0 +1,115 @@
+"""Reading and writing weight files safely.
+
+Every ``.pth``/``.pt``/``.bin`` goes through ``torch.load(weights_only=True)``
+(no pickled code runs); ``.safetensors`` through safetensors.  Writes go to a
+temporary file that is renamed into place, so a crash never leaves half a
+checkpoint behind.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, Mapping, Optional
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+StateDict = Dict[str, torch.Tensor]
+
+
+class CheckpointError(RuntimeError):
+    """A weight file that is missing, unreadable, or does not fit the model."""
+
+
+def read_state_dict(path: str | os.PathLike, what: str) -> StateDict:
+    """Load a flat ``name -> tensor`` dict; unwraps ``{"model": ...}`` training checkpoints.
+
+    ``what`` says in the error what belongs at ``path`` (e.g. "EVA ViT-g weights (eva_vit_g.pth)").
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found at {path}: put the file there or fix the config key that points to it")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, truncated files, non-tensor objects
+        raise CheckpointError(f"cannot read {what} from {path}: {exc}") from exc
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]
+    elif isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict ({what} expected)")
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: entries {bad[:5]} are not tensors; is this really {what}?")
+    return dict(state)
+
+
+def check_shapes(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise one readable error listing every tensor whose shape differs from the module's."""
+    own = module.state_dict()
+    wrong = [
+        f"{k}: file {list(v.shape)} vs model {list(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"{source} does not fit the configured model ({len(wrong)} shape mismatches): "
+            + "; ".join(wrong[:6])
+            + (" ..." if len(wrong) > 6 else "")
+            + " — check the architecture settings (sizes, num_query_token, LLM) against the checkpoint"
+        )
+
+
+def load_exact(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``module``: every parameter must be present, nothing unknown may be left.
+
+    Buffers the module computes itself (index tables, position ids) may be absent.
+    """
+    check_shapes(module, state, source)
+    result = module.load_state_dict(dict(state), strict=False)
+    params = {name for name, _ in module.named_parameters()}
+    missing = [k for k in result.missing_keys if k in params]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(
+            f"{source}: missing {len(missing)} weights {missing[:6]}, unexpected {len(result.unexpected_keys)} "
+            f"{result.unexpected_keys[:6]}"
+        )
+
+
+def atomic_save(write, path: str | os.PathLike) -> Path:
+    """Call ``write(tmp_path)`` and rename the result to ``path`` (no partial files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Optional[Dict[str, str]] = None) -> Path:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    return atomic_save(lambda tmp: save_file(tensors, tmp, metadata=metadata or {}), path)
+
+
+def save_original_pth(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
+    """Write ``{"model": state}``, the layout the original runner saves and loads."""
+    tensors = {k: v.detach().to("cpu").clone() for k, v in state.items()}
+    return atomic_save(lambda tmp: torch.save({"model": tensors}, tmp), path)

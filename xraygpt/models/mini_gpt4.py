@@ -1,0 +1,385 @@
+"""MiniGPT-4 / XrayGPT: image -> vision encoder -> ln_vision -> Q-Former -> llama_proj -> LLM.
+
+Semantics follow the original ``MiniGPT4`` exactly for one sample (see
+:mod:`xraygpt.models.prompting`); unlike it, batches of any size with a
+different prompt per sample are supported, for training and for generation.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from xraygpt.common.registry import registry
+from xraygpt.models import key_maps
+from xraygpt.models.checkpoint_io import (
+    CheckpointError,
+    check_shapes,
+    read_state_dict,
+    save_original_pth,
+    save_safetensors,
+)
+from xraygpt.models.generation import clean_answer, run_in_thread, stream_until, strip_leading_special, trim_generated
+from xraygpt.models.llm import apply_lora, load_language_model, load_tokenizer, resolve_dtype
+from xraygpt.models.model_config import MiniGPT4Config, model_config_from
+from xraygpt.models.prompting import (
+    TokenBatch,
+    build_generation_batch,
+    build_train_batch,
+    read_prompt_file,
+    wrap_prompt,
+)
+from xraygpt.models.qformer import build_qformer, init_query_tokens
+from xraygpt.models.vision_encoders import FP32LayerNorm
+
+logger = logging.getLogger(__name__)
+
+# Buffers the original checkpoints carry that our modules compute themselves.
+_IGNORED_BUFFERS = (
+    key_maps.Drop(r"^Qformer\.bert\.embeddings\.position_ids$", "Q-Former position-id buffers"),
+    key_maps.Drop(r"^llama_model\..*rotary_emb\.inv_freq$", "LLaMA rotary inv_freq buffers"),
+)
+
+
+@registry.register_model("mini_gpt4", aliases=("xraygpt",))
+class MiniGPT4(nn.Module):
+    PRETRAINED_MODEL_CONFIG_DICT = {
+        "pretrain_vicuna": "configs/models/xraygpt.yaml",
+        "tiny": "configs/models/xraygpt_tiny.yaml",
+    }
+    DEFAULT_MODEL_TYPE = "pretrain_vicuna"
+
+    def __init__(self, cfg: MiniGPT4Config):
+        super().__init__()
+        self.config = cfg
+        encoder_cls = registry.get_vision_encoder_class(cfg.vit_model)
+        self.visual_encoder = encoder_cls.build(
+            cfg.image_size, cfg.vision_config, cfg.vit_path, cfg.use_grad_checkpoint, cfg.drop_path_rate
+        )
+        self.visual_encoder.to(resolve_dtype(cfg.vit_precision))
+        self.ln_vision = FP32LayerNorm(self.visual_encoder.num_features, eps=1e-5)
+        self.qformer = build_qformer(cfg.qformer_config, self.visual_encoder.num_features)
+        self.query_tokens = init_query_tokens(cfg.num_query_token, self.qformer)
+        if cfg.q_former_model:
+            self.load_blip2(cfg.q_former_model)
+
+        self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.llama_model or "")
+        self.llama_model = load_language_model(cfg, vocab_size=len(self.tokenizer))
+        self.llama_proj = nn.Linear(self.qformer.config.hidden_size, self.llama_model.config.hidden_size)
+
+        self._freeze(self.visual_encoder, cfg.freeze_vit)
+        self._freeze(self.ln_vision, cfg.freeze_vit)
+        self._freeze(self.qformer, cfg.freeze_qformer)
+        self.query_tokens.requires_grad_(not cfg.freeze_qformer)
+        if cfg.lora is not None:
+            if not cfg.freeze_llm:
+                raise ValueError("model.lora trains adapters on a frozen LLM; keep model.freeze_llm: true with it")
+            self.llama_model = apply_lora(self.llama_model, cfg.lora)
+        else:
+            self._freeze(self.llama_model, cfg.freeze_llm)
+
+        self.prompt_list: List[str] = read_prompt_file(cfg.prompt_path, cfg.prompt_template) if cfg.prompt_path else []
+        if cfg.ckpt:
+            self.load_checkpoint(cfg.ckpt)
+
+    @classmethod
+    def from_config(cls, cfg: Union[Mapping[str, Any], MiniGPT4Config]) -> "MiniGPT4":
+        """Build from the ``model:`` section (validated: unknown keys and bad values raise ConfigError)."""
+        return cls(model_config_from(cfg))
+
+    # ------------------------------------------------------------ freezing
+    @staticmethod
+    def _freeze(module: nn.Module, frozen: bool) -> None:
+        for param in module.parameters():
+            param.requires_grad_(not frozen)
+        if frozen:
+            module.eval()
+
+    def train(self, mode: bool = True) -> "MiniGPT4":
+        """Frozen parts stay in eval mode (no dropout) whatever the runner asks."""
+        super().train(mode)
+        cfg = self.config
+        for module, frozen in (
+            (self.visual_encoder, cfg.freeze_vit),
+            (self.ln_vision, cfg.freeze_vit),
+            (self.qformer, cfg.freeze_qformer),
+            (self.llama_model, cfg.freeze_llm and cfg.lora is None),
+        ):
+            if frozen:
+                module.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.llama_proj.weight.device
+
+    @property
+    def llama_tokenizer(self):
+        """The original's attribute name."""
+        return self.tokenizer
+
+    # ------------------------------------------------------------ image side
+    def encode_qformer(self, image: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` -> Q-Former last hidden state ``[B, num_query_token, D_qformer]``.
+
+        Frozen parts run without autograd, so their activations are never kept.
+        """
+        grad = torch.is_grad_enabled()
+        with torch.set_grad_enabled(grad and not self.config.freeze_vit):
+            image_embeds = self.ln_vision(self.visual_encoder(image.to(self.device)))
+        with torch.set_grad_enabled(grad and not self.config.freeze_qformer):
+            query = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
+            return self.qformer(query_embeds=query, encoder_hidden_states=image_embeds).last_hidden_state
+
+    def project(self, qformer_features: torch.Tensor) -> torch.Tensor:
+        return self.llama_proj(qformer_features.to(device=self.device, dtype=self.llama_proj.weight.dtype))
+
+    def encode_img(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(inputs_llama [B, Q, D_llm], atts_llama [B, Q])`` as in the original."""
+        inputs_llama = self.project(self.encode_qformer(image))
+        return inputs_llama, torch.ones(inputs_llama.shape[:-1], dtype=torch.long, device=inputs_llama.device)
+
+    def _image_embeddings(self, samples: Mapping[str, Any]) -> torch.Tensor:
+        features = samples.get("image_features")
+        if features is not None:
+            expected = (self.config.num_query_token, self.qformer.config.hidden_size)
+            if tuple(features.shape[1:]) != expected:
+                raise ValueError(f"image_features must be [B, {expected[0]}, {expected[1]}] (Q-Former outputs), got {list(features.shape)}")
+            return self.project(features)
+        if samples.get("image") is None:
+            raise KeyError("samples need 'image' [B,3,H,W] or 'image_features' [B,Q,D] (cached Q-Former outputs)")
+        return self.encode_img(samples["image"])[0]
+
+    def _embed(self, batch: TokenBatch, image_embeds: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with the image slots replaced by ``image_embeds`` (row-major order)."""
+        embed_tokens = self.llama_model.get_input_embeddings()
+        embeds = embed_tokens(batch.input_ids.to(self.device))
+        mask = batch.image_mask.to(self.device).unsqueeze(-1)
+        return embeds.masked_scatter(mask, image_embeds.to(embeds.dtype))
+
+    # --------------------------------------------------------------- training
+    def _training_prompts(self, samples: Mapping[str, Any], batch_size: int) -> List[str]:
+        prompts = samples.get("prompt")
+        if prompts is None:
+            if not self.prompt_list:
+                raise KeyError("samples have no 'prompt' and model.prompt_path is not set: give one of them")
+            return [random.choice(self.prompt_list) for _ in range(batch_size)]
+        if isinstance(prompts, str):
+            prompts = [prompts] * batch_size
+        if len(prompts) != batch_size:
+            raise ValueError(f"{len(prompts)} prompts for {batch_size} images")
+        return [wrap_prompt(p, self.config.prompt_template) for p in prompts]
+
+    def forward(self, samples: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+        """``{"loss": mean NLL over all caption tokens of the batch, "num_target_tokens": n}``.
+
+        The mean is token-weighted, i.e. ``sum_i n_i * loss_i / sum_i n_i`` over the samples.
+        """
+        image_embeds = self._image_embeddings(samples)
+        captions = samples["caption"]
+        batch = build_train_batch(
+            self.tokenizer,
+            self._training_prompts(samples, image_embeds.shape[0]),
+            captions,
+            self.config.num_query_token,
+            self.config.end_sym,
+            self.config.max_txt_len,
+        )
+        outputs = self.llama_model(
+            inputs_embeds=self._embed(batch, image_embeds),
+            attention_mask=batch.attention_mask.to(self.device),
+            labels=batch.labels.to(self.device),
+            return_dict=True,
+        )
+        return {"loss": outputs.loss, "num_target_tokens": torch.tensor(batch.num_target_tokens)}
+
+    # ------------------------------------------------------------- generation
+    def prepare_generation_inputs(
+        self,
+        images: Optional[torch.Tensor],
+        prompts: Sequence[str],
+        image_features: Optional[torch.Tensor] = None,
+        apply_template: bool = True,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ``(inputs_embeds [B,T,D], attention_mask [B,T])`` of the generation context.
+
+        ``prompts`` are user prompts put into the template, or (``apply_template=False``)
+        full context strings with one ``<ImageHere>`` each, e.g. a conversation history.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        samples = {"image": images, "image_features": image_features}
+        image_embeds = self._image_embeddings(samples)
+        if image_embeds.shape[0] != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts for {image_embeds.shape[0]} images")
+        texts = [wrap_prompt(p, self.config.prompt_template) for p in prompts] if apply_template else list(prompts)
+        batch = build_generation_batch(self.tokenizer, texts, self.config.num_query_token)
+        return self._embed(batch, image_embeds), batch.attention_mask.to(self.device)
+
+    def _generation_kwargs(self, overrides: Mapping[str, Any]) -> Dict[str, Any]:
+        kwargs: Dict[str, Any] = {"max_new_tokens": 300, "num_beams": 1, "do_sample": False}
+        kwargs.update(overrides)
+        stops = kwargs.pop("stop_strings", [self.config.end_sym])
+        if stops:
+            kwargs.update(stop_strings=list(stops), tokenizer=self.tokenizer)
+        kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        kwargs.setdefault("eos_token_id", self.tokenizer.eos_token_id)
+        return kwargs
+
+    def _decode(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """New token ids ``[B, N]`` (rows that stopped early are padded with EOS).
+
+        The seam for the CUDA fast path: ``model.use_fast_generation`` routes here
+        to ``xraygpt.models.fast_generation.generate(model, inputs_embeds, attention_mask, **kwargs)``.
+        """
+        if self.config.use_fast_generation:
+            from xraygpt.models import fast_generation
+
+            return fast_generation.generate(self, inputs_embeds, attention_mask, **kwargs)
+        return self.llama_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        images: Optional[torch.Tensor],
+        prompts: Union[str, Sequence[str]],
+        *,
+        image_features: Optional[torch.Tensor] = None,
+        apply_template: bool = True,
+        return_ids: bool = False,
+        **generation_kwargs: Any,
+    ) -> Union[List[str], Tuple[List[str], List[torch.Tensor]]]:
+        """Answers for a batch of images and per-sample prompts.
+
+        ``generation_kwargs`` go to transformers ``generate`` (``max_new_tokens``,
+        ``num_beams``, ``do_sample``, ``top_p``, ``temperature``, ``repetition_penalty``, ...);
+        decoding stops per sample at ``end_sym`` (``stop_strings=[]`` disables that).
+        With ``return_ids`` the new token ids of each sample (up to its stop) come too.
+        """
+        inputs_embeds, attention_mask = self.prepare_generation_inputs(images, prompts, image_features, apply_template)
+        outputs = self._decode(inputs_embeds, attention_mask, **self._generation_kwargs(generation_kwargs))
+        ids = [
+            strip_leading_special(trim_generated(row, self.tokenizer.eos_token_id), self.tokenizer.unk_token_id, self.tokenizer.bos_token_id)
+            for row in outputs.cpu()
+        ]
+        texts = [clean_answer(self.tokenizer.decode(row, skip_special_tokens=True), self.config.end_sym) for row in ids]
+        return (texts, ids) if return_ids else texts
+
+    def stream_generate(
+        self,
+        image: Optional[torch.Tensor],
+        prompt: str,
+        *,
+        image_features: Optional[torch.Tensor] = None,
+        apply_template: bool = True,
+        **generation_kwargs: Any,
+    ) -> Iterator[str]:
+        """Yield the answer for one image piece by piece (for the demo); ``end_sym`` is never shown."""
+        from transformers import TextIteratorStreamer
+
+        with torch.no_grad():
+            inputs_embeds, attention_mask = self.prepare_generation_inputs(image, [prompt], image_features, apply_template)
+        if inputs_embeds.shape[0] != 1:
+            raise ValueError("stream_generate takes one image; use generate() for batches")
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=False, skip_special_tokens=True)
+        kwargs = self._generation_kwargs(generation_kwargs)
+
+        def decode() -> None:
+            with torch.no_grad():
+                self._decode(inputs_embeds, attention_mask, streamer=streamer, **kwargs)
+
+        yield from stream_until(run_in_thread(decode, streamer), self.config.end_sym)
+
+    # ------------------------------------------------------------ checkpoints
+    def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def to_original_names(self, state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Our parameter names -> the original MiniGPT-4 ``state_dict`` names."""
+        out: Dict[str, torch.Tensor] = {}
+        qformer_part = {k: v for k, v in state.items() if k.startswith(("qformer.", "ln_vision.")) or k == "query_tokens"}
+        out.update(key_maps.ours_to_qformer(qformer_part))
+        vision = key_maps.strip_prefix(state, "visual_encoder.")
+        out.update(key_maps.with_prefix(self.visual_encoder.to_original(vision), "visual_encoder."))
+        out.update({k: v for k, v in state.items() if k.startswith(("llama_proj.", "llama_model."))})
+        return out
+
+    def from_original_names(self, state: Mapping[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
+        """Original MiniGPT-4 names -> ours; known buffers are dropped, unknown keys raise."""
+        dropped: Counter = Counter()
+        kept: Dict[str, torch.Tensor] = {}
+        for key, value in state.items():
+            drop = next((d for d in _IGNORED_BUFFERS if d.matches(key)), None)
+            if drop:
+                dropped[drop.why] += 1
+            else:
+                kept[key] = value
+        out = {k: v for k, v in kept.items() if k.startswith(("llama_proj.", "llama_model."))}
+        qformer_part = {k: v for k, v in kept.items() if k.startswith(("Qformer.", "ln_vision.")) or k == "query_tokens"}
+        converted, qdropped = key_maps.qformer_to_ours(qformer_part)
+        out.update(converted)
+        vision = key_maps.strip_prefix(kept, "visual_encoder.")
+        if vision:
+            out.update(key_maps.with_prefix(self.visual_encoder.from_original(vision), "visual_encoder."))
+        unknown = sorted(set(kept) - set(qformer_part) - {k for k in kept if k.startswith(("llama_proj.", "llama_model.", "visual_encoder."))})
+        if unknown:
+            raise CheckpointError(f"{source}: unknown keys {unknown[:8]}; this is not a MiniGPT-4/XrayGPT checkpoint")
+        key_maps.log_dropped(dropped + qdropped, source)
+        return out
+
+    def load_blip2(self, path: str) -> None:
+        """Q-Former, query tokens and ln_vision from a LAVIS BLIP-2 checkpoint."""
+        state, dropped = key_maps.qformer_to_ours(read_state_dict(path, "BLIP-2 Q-Former weights (blip2_pretrained_flant5xxl.pth)"))
+        key_maps.log_dropped(dropped, str(path))
+        needed = {"query_tokens"} | {f"ln_vision.{k}" for k in self.ln_vision.state_dict()} | {f"qformer.{k}" for k in self.qformer.state_dict()}
+        missing = sorted(needed - set(state))
+        if missing:
+            raise CheckpointError(f"{path}: missing {len(missing)} Q-Former weights, e.g. {missing[:5]} (num_hidden_layers / cross_attention_freq mismatch?)")
+        check_shapes(self, state, str(path))
+        self.load_state_dict(state, strict=False)
+
+    def load_checkpoint(self, path: str | Path) -> Dict[str, List[str]]:
+        """Load trained weights: our safetensors, or an original ``{"model": ...}`` .pth.
+
+        Logs one line with what was loaded, ignored, missing and unexpected; raises when
+        ``llama_proj`` (never pretrained elsewhere) is absent, a group is incomplete, or
+        a key does not belong to this model.
+        """
+        path = Path(path)
+        raw = read_state_dict(path, "model checkpoint (llama_proj etc.)")
+        state = raw if path.suffix == ".safetensors" else self.from_original_names(raw, str(path))
+        own = dict(self.named_parameters())
+        unexpected = sorted(set(state) - set(self.state_dict()))
+        if unexpected:
+            raise CheckpointError(
+                f"{path}: {len(unexpected)} keys this model does not have, e.g. {unexpected[:5]} "
+                "(LoRA weights without model.lora? a different vision encoder?)"
+            )
+        check_shapes(self, state, str(path))
+        missing_required = sorted(k for k in own if k.startswith("llama_proj.") and k not in state)
+        for group in ("lora_", "qformer.", "visual_encoder."):
+            present = [k for k in own if group in k and k in state]
+            if present:
+                missing_required += sorted(k for k in own if group in k and own[k].requires_grad and k not in state)
+        if missing_required:
+            raise CheckpointError(f"{path}: missing trained weights {missing_required[:6]}; the checkpoint does not fit this config")
+        self.load_state_dict(state, strict=False)
+        trainable_missing = sorted(k for k, p in own.items() if p.requires_grad and k not in state)
+        logger.info(
+            "loaded %s: %d tensors; trainable not in file (keep their init): %s",
+            path, len(state), ", ".join(trainable_missing[:5]) or "none",
+        )
+        return {"loaded": sorted(state), "missing_trainable": trainable_missing, "unexpected": unexpected}
+
+    def save_checkpoint(self, path: str | Path, original_pth: Optional[str | Path] = None) -> Path:
+        """Trainable weights as safetensors (+ the original ``{"model": ...}`` .pth when asked)."""
+        state = self.trainable_state_dict()
+        saved = save_safetensors(state, path, metadata={"format": "xraygpt", "arch": "mini_gpt4"})
+        if original_pth is not None:
+            save_original_pth(self.to_original_names(state), original_pth)
+        return saved

@@ -1,0 +1,120 @@
+"""Typed schema of the ``model:`` section.
+
+The original read every key with ``cfg.get(key, default)``, so a typo such as
+``freeze_qfromer`` was silently ignored.  Here the section is merged onto a
+dataclass: unknown keys fail with the closest valid name, wrong types fail
+with the expected type.  Field names follow the original configs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Type, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from xraygpt.common.config import ConfigError
+
+T = TypeVar("T")
+
+DEFAULT_PROMPT_TEMPLATE = "###Patient: {} ###Doctor: "
+DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class LoraSettings:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: List[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class MiniGPT4Config:
+    arch: str = "mini_gpt4"
+    model_type: Optional[str] = None
+
+    # Vision encoder.
+    vit_model: str = "eva_clip_g"
+    """Registered vision encoder: ``eva_clip_g`` or ``medclip_vit``."""
+    vit_path: Optional[str] = None
+    """Weights of the vision encoder (``eva_vit_g.pth``, a MedCLIP checkpoint or an HF Swin folder); null = random."""
+    image_size: int = 224
+    drop_path_rate: float = 0.0
+    use_grad_checkpoint: bool = False
+    vit_precision: str = "auto"
+    """Vision-encoder dtype: auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16 (the original's choice)."""
+    vision_config: Dict[str, Any] = field(default_factory=dict)
+    """Architecture numbers of the encoder (width, depth, ...); empty = the real model's."""
+    freeze_vit: bool = True
+
+    # Q-Former.
+    q_former_model: Optional[str] = None
+    """LAVIS BLIP-2 checkpoint (``blip2_pretrained_flant5xxl.pth``); null = random."""
+    qformer_config: Dict[str, Any] = field(default_factory=dict)
+    num_query_token: int = 32
+    freeze_qformer: bool = True
+
+    # Language model.
+    llama_model: Optional[str] = None
+    """Local HF folder of the LLM (Vicuna); mutually exclusive with llama_config."""
+    llama_config: Optional[Dict[str, Any]] = None
+    """LlamaConfig fields of a randomly initialised LLM (tiny test models)."""
+    tokenizer: Optional[str] = None
+    """Tokenizer folder or SentencePiece ``.model`` file; defaults to llama_model."""
+    llm_dtype: str = "auto"
+    attn_implementation: str = "sdpa"
+    freeze_llm: bool = True
+    low_resource: bool = False
+    """Load the LLM in 8-bit (bitsandbytes, CUDA only)."""
+    device_8bit: int = 0
+    lora: Optional[LoraSettings] = None
+
+    # Prompting and targets.
+    prompt_path: Optional[str] = None
+    """File of prompts (one per line, each with ``<ImageHere>``) used when a sample has no prompt."""
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    max_txt_len: int = 160
+    end_sym: str = "###"
+
+    # Weights of the trained parts (llama_proj, LoRA, ...).
+    ckpt: Optional[str] = None
+    use_fast_generation: bool = False
+    """Decode with the CUDA fast path (xraygpt.models.fast_generation) when available."""
+
+    def __post_init__(self) -> None:
+        if self.llama_model and self.llama_config:
+            raise ValueError("set either model.llama_model (a folder) or model.llama_config (a random LLM), not both")
+        for key in ("vit_precision", "llm_dtype"):
+            if getattr(self, key) not in DTYPE_CHOICES:
+                raise ValueError(f"model.{key} must be one of {DTYPE_CHOICES}, got {getattr(self, key)!r}")
+        if self.prompt_template.count("{}") != 1:
+            raise ValueError(f"model.prompt_template must contain exactly one '{{}}', got {self.prompt_template!r}")
+        if self.max_txt_len < 1 or self.num_query_token < 1:
+            raise ValueError("model.max_txt_len and model.num_query_token must be positive")
+
+
+def validate_section(schema: Type[T], cfg: Mapping[str, Any] | DictConfig | None, section: str) -> T:
+    """Merge ``cfg`` onto dataclass ``schema``; unknown keys and bad types raise ConfigError."""
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
+    known = [f.name for f in dataclasses.fields(schema)]
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" — did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown key {section}.{key}{hint} (known: {', '.join(known)})")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), data)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"bad value in {section}: {exc.msg if hasattr(exc, 'msg') else exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def model_config_from(cfg: Mapping[str, Any] | DictConfig | MiniGPT4Config) -> MiniGPT4Config:
+    if isinstance(cfg, MiniGPT4Config):
+        return cfg
+    return validate_section(MiniGPT4Config, cfg, "model")
