@@ -1,0 +1,208 @@
+"""Medical image loading: one function every path (datasets, demo, CLI) calls.
+
+Why not just ``Image.open(path).convert("RGB")``?  Because medical files break
+it in quiet ways: 16-bit PNGs clip to white, RGBA/CMYK/palette files need a
+policy, DICOM needs rescale + window + MONOCHROME1 inversion, extensions lie,
+and truncated files otherwise fail later inside a DataLoader worker with no
+file name.  Here each of those cases either loads correctly or raises
+:class:`ImageLoadError` naming the file and the reason.
+
+Policies (documented in docs/data.md):
+
+* 16-bit / 32-bit / float grey images are min-max scaled to 8 bit (an image
+  stored as 8-bit values x 257 round-trips exactly).
+* Alpha is *dropped*, not composited: radiograph pixels are not meant to be
+  blended, and transparency in exported films is an export artefact.
+* DICOM: modality LUT (RescaleSlope/Intercept), then the first
+  WindowCenter/WindowWidth pair (or the VOI LUT sequence), else the min-max
+  range; MONOCHROME1 is inverted; multi-frame files give their middle frame.
+* Images smaller than :data:`MIN_SIDE` pixels on a side are rejected: a 1x1
+  "image" carries no information and breaks crops and normalisation.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from collections.abc import Sequence
+from typing import BinaryIO, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO]
+
+MIN_SIDE = 8
+"""Smallest accepted width/height in pixels."""
+
+_DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
+
+
+class ImageLoadError(ValueError):
+    """An image that cannot be used, with the file and the reason."""
+
+    def __init__(self, source: object, reason: str):
+        self.path = str(source)
+        self.reason = reason
+        super().__init__(f"cannot load image {self.path}: {reason}")
+
+
+def load_medical_image(source: ImageSource) -> Image.Image:
+    """Load a PNG/JPEG (any mode) or DICOM file as an 8-bit RGB PIL image.
+
+    ``source`` is a path, raw bytes or a binary file object.  The format is
+    sniffed from the content, so a PNG named ``.jpg`` loads.  Raises
+    :class:`ImageLoadError` for missing, empty, truncated, corrupt,
+    non-image and degenerate inputs.
+    """
+    name, data = _read_bytes(source)
+    if not data:
+        raise ImageLoadError(name, "file is empty (0 bytes)")
+    if _looks_like_dicom(name, data):
+        image = _load_dicom(name, data)
+    else:
+        image = _load_raster(name, data)
+    if min(image.size) < MIN_SIDE:
+        w, h = image.size
+        raise ImageLoadError(
+            name, f"image is {w}x{h} pixels, smaller than the {MIN_SIDE}-pixel minimum side (degenerate image)"
+        )
+    return image
+
+
+# --------------------------------------------------------------------- input
+def _read_bytes(source: ImageSource) -> tuple[str, bytes]:
+    if isinstance(source, (bytes, bytearray)):
+        return "<bytes>", bytes(source)
+    if hasattr(source, "read"):
+        name = str(getattr(source, "name", "<file object>"))
+        return name, source.read()
+    path = Path(os.fspath(source))
+    if not path.exists():
+        raise ImageLoadError(path, "file not found (check the path and the dataset's storage folder)")
+    if path.is_dir():
+        raise ImageLoadError(path, "is a directory, expected an image file")
+    try:
+        return str(path), path.read_bytes()
+    except OSError as exc:
+        raise ImageLoadError(path, f"file cannot be read ({exc.strerror or exc})") from exc
+
+
+def _looks_like_dicom(name: str, data: bytes) -> bool:
+    # Part-10 files carry "DICM" after a 128-byte preamble; raw datasets only have their suffix.
+    return data[128:132] == b"DICM" or Path(name).suffix.lower() in _DICOM_SUFFIXES
+
+
+# -------------------------------------------------------------- PNG / JPEG
+def _load_raster(name: str, data: bytes) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except UnidentifiedImageError:
+        raise ImageLoadError(name, f"not a recognised image (content starts with {data[:16]!r}); expected PNG, JPEG or DICOM") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(name, f"image too large to decode safely ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(name, f"file is truncated or corrupt ({exc})") from None
+    image = ImageOps.exif_transpose(image)
+    return _to_rgb(image)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("L", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "1", "RGBX"):
+        # RGBA -> RGB drops alpha (policy above); CMYK/YCbCr use Pillow's converters.
+        return image.convert("RGB")
+    if mode in ("LA", "La"):
+        return image.getchannel("L").convert("RGB")
+    if mode in ("P", "PA"):
+        return image.convert("RGBA").convert("RGB")
+    if mode.startswith("I") or mode == "F":
+        grey = _scale_to_uint8(np.asarray(image, dtype=np.float64))
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    return image.convert("RGB")
+
+
+def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Min-max scale to 0..255; a constant image maps to 0."""
+    arr = arr.astype(np.float64, copy=False)
+    lo, hi = float(np.min(arr)), float(np.max(arr))
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+# --------------------------------------------------------------------- DICOM
+def _load_dicom(name: str, data: bytes) -> Image.Image:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
+        raise ImageLoadError(name, f"not a readable DICOM file ({exc})") from None
+    if "PixelData" not in ds:
+        raise ImageLoadError(name, "DICOM file has no pixel data (PixelData element missing)")
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # pydicom raises ValueError/RuntimeError/NotImplementedError by codec
+        raise ImageLoadError(name, f"DICOM pixel data cannot be decoded, file truncated or corrupt ({exc})") from None
+
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        arr = arr[frames // 2]
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        grey = _dicom_grey_to_uint8(arr, ds)
+        if photometric == "MONOCHROME1":
+            grey = 255 - grey
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    return Image.fromarray(_dicom_colour_to_uint8(arr, ds, photometric), mode="RGB")
+
+
+def _dicom_grey_to_uint8(arr: np.ndarray, ds) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    values = apply_modality_lut(arr, ds).astype(np.float64)
+    window = _first_window(ds)
+    if window is not None:
+        # pydicom's own windowing output range depends on BitsStored and rescale;
+        # we want 8 bit, so map the window straight onto 0..255.
+        center, width = window
+        low = center - width / 2.0
+        scaled = np.clip((values - low) / width, 0.0, 1.0)
+        return np.round(scaled * 255.0).astype(np.uint8)
+    if "VOILUTSequence" in ds:
+        values = apply_voi_lut(values, ds, index=0, prefer_lut=True).astype(np.float64)
+    return _scale_to_uint8(values)
+
+
+def _first_window(ds) -> tuple[float, float] | None:
+    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if center is None or width is None:
+        return None
+    # Several windows may be listed (e.g. [450, 200]); the first is the default view.
+    center = center[0] if _is_sequence(center) else center
+    width = width[0] if _is_sequence(width) else width
+    if float(width) <= 0:
+        return None
+    return float(center), float(width)
+
+
+def _is_sequence(value: object) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str)
+
+
+def _dicom_colour_to_uint8(arr: np.ndarray, ds, photometric: str) -> np.ndarray:
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        arr = apply_color_lut(arr, ds)
+    # pydicom already converts YBR_* to RGB when decoding.
+    if arr.dtype != np.uint8:
+        arr = _scale_to_uint8(arr)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ImageLoadError(getattr(ds, "filename", "<dicom>"), f"unsupported DICOM colour layout {arr.shape} ({photometric})")
+    return np.ascontiguousarray(arr)
