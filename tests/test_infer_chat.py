@@ -1,157 +1,155 @@
-"""Chat against the seed-reference LLM and reference image embeddings.
-
-The vision side is replaced by the fixture's own ``inputs_llama`` (what the
-reference model's ``encode_img`` returned for each fixture image), so these
-tests pin the chat's context building and decoding to the reference exactly.
-"""
-import types
+"""Chat with the seed-reference model (tiny, random weights: replies are gibberish but deterministic)."""
+import dataclasses
 
 import pytest
 import torch
 
 import xraygpt  # noqa: F401
-from xraygpt.conversation.chat import Chat, ContextTooLongError, context_embeddings
+from xraygpt.common.config import Config
+from xraygpt.common.registry import registry
+from xraygpt.conversation.chat import Chat, ContextTooLongError
 from xraygpt.conversation.generation import GenerationSettings
-from xraygpt.conversation.templates import IMAGE_PLACEHOLDER, ConversationTemplate
+from xraygpt.conversation.templates import IMAGE_PLACEHOLDER
 
-GREEDY = GenerationSettings(max_new_tokens=16, temperature=0)
-# The prompt the fixture's greedy record was decoded from (README, "Greedy decoding").
-REFERENCE_PROMPT = "###Patient: <Img><ImageHere></Img> Describe the given chest x-ray image in detail. ###Doctor: "
+GREEDY = GenerationSettings(max_new_tokens=24, temperature=0)
 
 
 @pytest.fixture(scope="module")
-def reference(seed_reference_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def model(repo_root, seed_reference_dir):
+    cfg = Config({"cfg_path": str(repo_root / "eval_configs" / "seed_reference_tiny.yaml")})
+    return registry.get_model_class("mini_gpt4").from_config(cfg.config.model).eval()
 
-    tokenizer = AutoTokenizer.from_pretrained(seed_reference_dir / "vicuna")
-    llm = AutoModelForCausalLM.from_pretrained(seed_reference_dir / "vicuna", dtype=torch.float32).eval()
-    expected = torch.load(seed_reference_dir / "expected.pt", weights_only=True)
-    images = torch.load(seed_reference_dir / "inputs.pt", weights_only=True)["images"]
-    calls = []
 
-    def encode_img(pixels):
-        """The reference encoder's output for whichever fixture image this is."""
-        calls.append(pixels.shape[0])
-        index = next(i for i in range(len(images)) if torch.equal(images[i], pixels[0]))
-        return expected["inputs_llama"][index : index + 1], None
-
-    model = types.SimpleNamespace(tokenizer=tokenizer, llama_model=llm, encode_img=encode_img)
-    return types.SimpleNamespace(model=model, expected=expected, images=images, encode_calls=calls)
+@pytest.fixture(scope="module")
+def images(seed_reference_dir):
+    return torch.load(seed_reference_dir / "inputs.pt", weights_only=True)["images"]
 
 
 @pytest.fixture
-def chat(reference):
-    return Chat(reference.model, vis_processor=None)
+def chat(model):
+    return Chat(model, vis_processor=None)
 
 
-def _reference_context(reference):
-    model = reference.model
-    return context_embeddings(
-        REFERENCE_PROMPT, [reference.expected["inputs_llama"][0]], model.tokenizer,
-        model.llama_model.get_input_embeddings(),
+def _started(chat, image, question="What do you see?"):
+    state = chat.new_state()
+    chat.upload_img(image, state)
+    chat.ask(question, state)
+    return state
+
+
+def _raw_continuation(model, state, max_new_tokens):
+    """What the model writes after the pending turn with no stop string at all."""
+    template = state.conversation.template
+    prompt = template.render([tuple(m) for m in state.conversation.messages] + [(template.roles[1], None)])
+    return model.generate(
+        None, [prompt], image_features=state.image_features, apply_template=False, stop_strings=[],
+        max_new_tokens=max_new_tokens, do_sample=False,
+    )[0]
+
+
+def test_prompt_follows_the_original_chat_format(chat, images):
+    state = _started(chat, images[0])
+    assert state.conversation.prompt() == (
+        chat.template.system + "###Patient: <Img><ImageHere></Img> What do you see?###"
     )
+    assert state.image_features.shape == (1, 8, 64)
 
 
-def test_context_embeddings_reproduce_the_reference_greedy_tokens(reference):
-    embeds = _reference_context(reference)
-    assert embeds.shape == (1, 7 + 8 + 19, 64)  # BOS+segment 0, 8 image vectors, segment 1 (README)
-    ids = reference.model.llama_model.generate(inputs_embeds=embeds, max_new_tokens=16, do_sample=False)
-    assert ids[0].tolist() == reference.expected["greedy_tokens"].tolist()
+def test_reply_stops_at_the_templates_stop_string(model, images):
+    """Cut exactly where the stop text begins (a word this model emits stands in for '###')."""
+    reference_state = _started(Chat(model, None), images[0])
+    raw = _raw_continuation(model, reference_state, GREEDY.max_new_tokens)
+    stop_word = raw.split()[1]  # a word in the middle of the greedy continuation
+    template = dataclasses.replace(registry.get_conversation_template("default"), stop_strings=(stop_word,))
+    chat = Chat(model, None, template=template)
+    state = _started(chat, images[0])
+    replies = list(chat.stream_answer(state, GREEDY))
+    assert replies[-1] == raw[: raw.index(stop_word)].strip()
+    assert stop_word not in replies[-1] and len(replies[-1]) > 0
 
 
-def test_reply_stops_at_the_separator(reference, chat):
-    # The reference greedy continuation emits '▁###' as its 6th token: the reply is the 5 tokens before it.
-    tokens = reference.expected["greedy_tokens"].tolist()
-    assert reference.model.tokenizer.convert_ids_to_tokens(tokens[5]) == "▁###"
-    expected_reply = reference.model.tokenizer.decode(tokens[:5]).strip()
-    replies = list(chat.stream_from_embeddings(_reference_context(reference), GREEDY))
-    assert replies[-1] == expected_reply
-    assert all(expected_reply.startswith(r) for r in replies)  # each update extends the last
+def test_without_a_stop_the_reply_is_the_whole_greedy_continuation(chat, model, images):
+    state = _started(chat, images[0])
+    raw = _raw_continuation(model, state, GREEDY.max_new_tokens)
+    assert "###" not in raw  # this model never writes the separator here, so nothing is cut
+    assert chat.answer(state, GREEDY) == raw.strip()
 
 
-def test_without_stop_strings_decoding_runs_to_max_new_tokens(reference):
-    no_stop = ConversationTemplate(name="no_stop", system="", roles=("Patient", "Doctor"), sep="###")
-    chat = Chat(reference.model, vis_processor=None, template=no_stop)
-    reply = list(chat.stream_from_embeddings(_reference_context(reference), GREEDY))[-1]
-    full = reference.model.tokenizer.decode(reference.expected["greedy_tokens"], skip_special_tokens=True)
-    assert reply == full.strip()
+def test_streamed_updates_grow_to_the_unstreamed_reply(chat, images):
+    streamed = list(chat.stream_answer(_started(chat, images[2]), GREEDY))
+    whole = chat.answer(_started(chat, images[2]), GREEDY)
+    assert len(streamed) > 1 and streamed[-1] == whole
+    assert all(streamed[i + 1].startswith(streamed[i].rstrip("\ufffd")) for i in range(len(streamed) - 1))
 
 
-def test_beam_search_returns_one_stopped_reply(reference, chat):
-    beams = GenerationSettings(max_new_tokens=16, temperature=0, num_beams=2)
-    replies = list(chat.stream_from_embeddings(_reference_context(reference), beams))
+def test_beam_search_gives_one_clean_reply(chat, images):
+    replies = list(chat.stream_answer(_started(chat, images[1]), dataclasses.replace(GREEDY, num_beams=2)))
     assert len(replies) == 1 and replies[0] and "###" not in replies[0]
 
 
-def test_placeholder_count_must_match_images(reference):
-    with pytest.raises(ValueError, match="1 <ImageHere> placeholders but 2 images"):
-        context_embeddings(REFERENCE_PROMPT, [torch.zeros(8, 64)] * 2, reference.model.tokenizer, torch.nn.Embedding(1000, 64))
-
-
-def test_multi_turn_embeds_the_image_once_and_records_the_turns(reference, chat):
-    state = chat.new_state()
-    before = len(reference.encode_calls)
-    chat.upload_img(reference.images[1], state)
-    chat.ask("What do you see?", state)
-    streamed = list(chat.stream_answer(state, GREEDY))
+def test_multi_turn_encodes_the_image_once(chat, model, images, monkeypatch):
+    calls = []
+    original = model.encode_qformer
+    monkeypatch.setattr(model, "encode_qformer", lambda pixels: calls.append(1) or original(pixels))
+    state = _started(chat, images[1])
+    first = chat.answer(state, GREEDY)
     chat.ask("Any effusion?", state)
     second = chat.answer(state, GREEDY)
-    assert len(reference.encode_calls) == before + 1
+    assert len(calls) == 1
     assert [m[0] for m in state.conversation.messages] == ["Patient", "Doctor", "Patient", "Doctor"]
-    assert state.conversation.messages[0][1] == "<Img><ImageHere></Img> What do you see?"
-    assert state.conversation.messages[1][1] == streamed[-1] and state.conversation.messages[3][1] == second
+    assert [m[1] for m in state.conversation.messages[1::2]] == [first, second]
     assert state.conversation.prompt().count(IMAGE_PLACEHOLDER) == 1
-    assert "###" not in streamed[-1] + second
+    with pytest.raises(ValueError, match="already has an image"):
+        chat.upload_img(images[0], state)
 
 
-def test_streamed_reply_equals_the_whole_reply(reference, chat):
-    """Greedy decoding gives the same reply streamed or not, for the same conversation."""
-    replies = []
-    for stream in (True, False):
-        state = chat.new_state()
-        chat.upload_img(reference.images[2], state)
-        chat.ask("Describe the image.", state)
-        replies.append(list(chat.stream_answer(state, GREEDY))[-1] if stream else chat.answer(state, GREEDY))
-    assert replies[0] == replies[1]
-
-
-def test_closing_the_stream_early_keeps_the_partial_reply(reference, chat):
-    state = chat.new_state()
-    chat.upload_img(reference.images[0], state)
-    chat.ask("Describe the image.", state)
-    stream = chat.stream_answer(state, GenerationSettings(max_new_tokens=40, temperature=0))
+def test_closing_the_stream_early_keeps_the_partial_reply(chat, images):
+    state = _started(chat, images[0])
+    stream = chat.stream_answer(state, GREEDY)
     first = next(stream)
     stream.close()
     assert state.conversation.messages[-1] == ["Doctor", first]
 
 
-def test_long_conversations_drop_old_exchanges_with_a_warning(reference):
-    chat = Chat(reference.model, vis_processor=None, max_context_tokens=130)
-    state = chat.new_state()
-    chat.upload_img(reference.images[0], state)
+def test_long_conversations_drop_old_exchanges_with_a_warning(model, images):
     settings = GenerationSettings(max_new_tokens=8, temperature=0)
-    for question in ("First question?", "Second question?", "Third question?", "Fourth question?"):
+    chat = Chat(model, None)
+    probe = _started(chat, images[0], "First question?")
+    chat.max_context_tokens = chat.context_length(probe.conversation.prompt(), probe.image_features) + 40
+    state = _started(chat, images[0], "First question?")
+    chat.answer(state, settings)
+    for question in ("Second question?", "Third question?", "Fourth question?", "Fifth question?"):
         chat.ask(question, state)
         chat.answer(state, settings)
     assert state.warnings and "dropped" in state.warnings[0]
     messages = state.conversation.messages
-    assert messages[0][1].endswith("First question?") and messages[-2][1] == "Fourth question?"
-    assert len(messages) < 8 and len(state.image_embeds) == 1
+    assert messages[0][1].endswith("First question?") and messages[-2][1] == "Fifth question?"
+    assert len(messages) < 10
+    fitted = chat.context_length(state.conversation.prompt(), state.image_features)
+    assert fitted <= chat.max_context_tokens
 
 
-def test_a_question_that_cannot_fit_is_refused_and_the_turn_removed(reference):
-    chat = Chat(reference.model, vis_processor=None, max_context_tokens=60)
-    state = chat.new_state()
-    chat.upload_img(reference.images[0], state)
-    chat.ask("Describe the image in great detail, covering the heart, lungs, pleura and bones.", state)
-    with pytest.raises(ContextTooLongError, match="tokens but only 44 fit"):
+def test_a_question_that_cannot_fit_is_refused_and_the_turn_removed(model, images):
+    chat = Chat(model, None, max_context_tokens=80)
+    state = _started(chat, images[0], "Describe the heart, lungs, pleura, mediastinum and bones in great detail.")
+    with pytest.raises(ContextTooLongError, match=r"tokens but only 56 fit \(80-token window minus 24"):
         chat.answer(state, GREEDY)
     assert [m[0] for m in state.conversation.messages] == ["Patient"]
 
 
-def test_empty_questions_and_answers_without_questions_are_refused(chat):
+def test_questions_need_text_and_an_image(chat, images):
     state = chat.new_state()
     with pytest.raises(ValueError, match="empty"):
         chat.ask("   ", state)
-    with pytest.raises(ValueError, match="ask a question"):
+    chat.ask("Hello?", state)
+    with pytest.raises(ValueError, match="upload an image"):
         chat.answer(state, GREEDY)
+    with pytest.raises(ValueError, match="turn boundary"):
+        chat.ask("a ### b", _started(chat, images[0]))
+
+
+def test_vicuna_template_chats_too(model, images):
+    chat = Chat(model, None, template="vicuna_v1_1")
+    state = _started(chat, images[0])
+    reply = chat.answer(state, GREEDY)
+    assert state.conversation.prompt().endswith(f"USER: <Img><ImageHere></Img> What do you see? ASSISTANT: {reply}</s>")

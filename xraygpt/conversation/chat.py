@@ -1,11 +1,14 @@
-"""Multi-turn chat about medical images with a MiniGPT-4-style model.
+"""Multi-turn chat about a medical image with a MiniGPT-4-style model.
 
 The model sees the whole conversation every turn, written out with a
-:class:`~xraygpt.conversation.templates.ConversationTemplate`.  Each image is
-encoded once, on upload, and its embeddings are spliced into the token
-embeddings wherever the prompt says ``<ImageHere>``.  When the conversation
-outgrows the LLM window, the oldest exchanges after the first one (which holds
-the image and the first question) are dropped, with a warning.
+:class:`~xraygpt.conversation.templates.ConversationTemplate`.  The image runs
+through the vision encoder and Q-Former once, on upload; each turn reuses
+those features through the model's own generation API
+(``prepare_generation_inputs`` / ``generate`` / ``stream_generate`` with
+``apply_template=False``), so every decoding path of the model (including a
+fast CUDA one) serves the chat too.  When the conversation outgrows the LLM
+window, the oldest exchanges after the first (which holds the image and the
+first question) are dropped, with a warning.
 """
 from __future__ import annotations
 
@@ -14,14 +17,14 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, List, Optional, Union
 
 import torch
 from PIL import Image
 
 from xraygpt.common.registry import registry
 from xraygpt.conversation.generation import GenerationSettings
-from xraygpt.conversation.templates import IMAGE_PLACEHOLDER, IMAGE_TAG, Conversation, ConversationTemplate
+from xraygpt.conversation.templates import IMAGE_TAG, Conversation, ConversationTemplate
 
 logger = logging.getLogger(__name__)
 
@@ -37,38 +40,10 @@ class ChatState:
     """Everything one user's chat needs; the demo keeps one per browser session."""
 
     conversation: Conversation
-    image_embeds: List[torch.Tensor] = field(default_factory=list)
-    """One ``[Q, D]`` tensor per ``<ImageHere>`` in the conversation, in order."""
+    image_features: Optional[torch.Tensor] = None
+    """Q-Former output ``[1, Q, D]`` of the conversation's image, computed once on upload."""
     warnings: List[str] = field(default_factory=list)
     """Messages for the user (e.g. earlier turns dropped); the UI shows and clears them."""
-
-
-def context_embeddings(
-    prompt: str,
-    image_embeds: Sequence[torch.Tensor],
-    tokenizer: Any,
-    embed_tokens: Callable[[torch.Tensor], torch.Tensor],
-) -> torch.Tensor:
-    """``[1, T, D]`` LLM input: text segments around ``<ImageHere>`` with the image vectors between.
-
-    Each segment is tokenized on its own (as in training); only the first gets
-    special tokens, i.e. the BOS.
-    """
-    segments = prompt.split(IMAGE_PLACEHOLDER)
-    if len(segments) != len(image_embeds) + 1:
-        raise ValueError(
-            f"prompt has {len(segments) - 1} {IMAGE_PLACEHOLDER} placeholders but {len(image_embeds)} images were given"
-        )
-    weight = embed_tokens.weight if hasattr(embed_tokens, "weight") else None
-    device = weight.device if weight is not None else image_embeds[0].device
-    pieces = []
-    for index, segment in enumerate(segments):
-        ids = tokenizer(segment, return_tensors="pt", add_special_tokens=index == 0).input_ids.to(device)
-        text_embeds = embed_tokens(ids)
-        pieces.append(text_embeds)
-        if index < len(image_embeds):
-            pieces.append(image_embeds[index].to(device=device, dtype=text_embeds.dtype).unsqueeze(0))
-    return torch.cat(pieces, dim=1)
 
 
 class _CancelFlag:
@@ -84,8 +59,9 @@ class _CancelFlag:
 class Chat:
     """``upload_img`` -> ``ask`` -> ``answer`` / ``stream_answer``, on a per-user :class:`ChatState`.
 
-    ``model`` needs ``encode_img``, ``tokenizer`` and ``llama_model`` (the
-    interface of ``mini_gpt4``); ``vis_processor`` maps a PIL image to ``[3, H, W]``.
+    ``model`` is a ``mini_gpt4`` model (``encode_qformer``, ``prepare_generation_inputs``,
+    ``generate``, ``stream_generate``, ``tokenizer``, ``llama_model``);
+    ``vis_processor`` maps a PIL image to ``[3, H, W]``.
     """
 
     def __init__(
@@ -101,24 +77,17 @@ class Chat:
         window = getattr(model.llama_model.config, "max_position_embeddings", None)
         self.max_context_tokens = int(max_context_tokens or window or 2048)
 
-    @property
-    def tokenizer(self) -> Any:
-        return self.model.tokenizer
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.llama_model.parameters()).device
-
     def new_state(self) -> ChatState:
         return ChatState(self.template.new_conversation())
 
     # ------------------------------------------------------------------ turns
     def upload_img(self, image: ImageInput, state: ChatState) -> None:
-        """Encode ``image`` once and add an image turn for the user."""
-        pixels = self._pixels(image).to(self.device)
+        """Encode ``image`` once and open the user's turn with it (one image per conversation)."""
+        if state.image_features is not None:
+            raise ValueError("this conversation already has an image; start a new one for another image")
+        pixels = self._pixels(image)
         with torch.inference_mode():
-            image_embeds, _ = self.model.encode_img(pixels.unsqueeze(0))
-        state.image_embeds.append(image_embeds[0])
+            state.image_features = self.model.encode_qformer(pixels.unsqueeze(0).to(self.model.device))
         self._add_user_text(state, IMAGE_TAG)
 
     def ask(self, text: str, state: ChatState) -> None:
@@ -137,20 +106,24 @@ class Chat:
         return reply
 
     def stream_answer(self, state: ChatState, settings: GenerationSettings = GenerationSettings()) -> Iterator[str]:
-        """Yield the reply so far as it grows (cut at the template's stop string).
+        """Yield the reply so far as it grows, cut at the template's stop string.
 
-        The reply is recorded in the conversation when the
-        iterator finishes or is closed; on an error the pending turn is removed.
+        Beam search cannot stream, so with ``num_beams > 1`` the reply comes in
+        one piece.  The reply is recorded in the conversation when the iterator
+        finishes or is closed early; on an error the pending turn is removed.
         """
-        messages = state.conversation.messages
-        if not messages or messages[-1][0] != state.conversation.user_role:
+        conversation = state.conversation
+        messages = conversation.messages
+        if state.image_features is None:
+            raise ValueError("upload an image before asking")
+        if not messages or messages[-1][0] != conversation.user_role:
             raise ValueError("ask a question before asking for an answer")
-        state.conversation.append(state.conversation.assistant_role, None)
+        conversation.append(conversation.assistant_role, None)
         reply = ""
         try:
-            embeds = self._fit_context(state, settings.max_new_tokens)
-            with contextlib.closing(self.stream_from_embeddings(embeds, settings)) as stream:
-                for reply in stream:
+            prompt = self._fit_context(state, settings.max_new_tokens)
+            with contextlib.closing(self._replies(prompt, state.image_features, settings)) as replies:
+                for reply in replies:
                     yield reply
         except GeneratorExit:  # the reader stopped early: keep what it saw
             messages[-1][1] = reply
@@ -177,90 +150,60 @@ class Chat:
         else:
             state.conversation.append(state.conversation.user_role, text)
 
-    def _embed(self, state: ChatState) -> torch.Tensor:
-        return context_embeddings(
-            state.conversation.prompt(),
-            state.image_embeds,
-            self.tokenizer,
-            self.model.llama_model.get_input_embeddings(),
-        )
+    def context_length(self, prompt: str, image_features: torch.Tensor) -> int:
+        """Tokens the LLM reads for ``prompt`` with the image spliced in."""
+        with torch.inference_mode():
+            embeds, _ = self.model.prepare_generation_inputs(
+                None, [prompt], image_features=image_features, apply_template=False
+            )
+        return int(embeds.shape[1])
 
-    def _fit_context(self, state: ChatState, max_new_tokens: int) -> torch.Tensor:
-        """Context embeddings that leave room for ``max_new_tokens``, dropping old exchanges if needed."""
+    def _fit_context(self, state: ChatState, max_new_tokens: int) -> str:
+        """The prompt, after dropping old exchanges until it leaves room for ``max_new_tokens``."""
         budget = self.max_context_tokens - max_new_tokens
         messages = state.conversation.messages
         dropped = 0
-        with torch.inference_mode():
-            embeds = self._embed(state)
-            # Layout: [user0, assistant0, ..., user_n, pending]; keep the first exchange and the question.
-            while embeds.shape[1] > budget and len(messages) > 4:
-                first_image = sum(text.count(IMAGE_PLACEHOLDER) for _, text in messages[:2])
-                n_images = sum(text.count(IMAGE_PLACEHOLDER) for _, text in messages[2:4])
-                del state.image_embeds[first_image : first_image + n_images]
-                del messages[2:4]
-                dropped += 1
-                embeds = self._embed(state)
+        length = self.context_length(state.conversation.prompt(), state.image_features)
+        # Layout: [user0 (image), assistant0, ..., user_n, pending]: keep the first exchange and the question.
+        while length > budget and len(messages) > 4:
+            del messages[2:4]
+            dropped += 1
+            length = self.context_length(state.conversation.prompt(), state.image_features)
         if dropped:
-            note = f"The conversation was too long for the model; the {dropped} oldest exchange(s) after the first were dropped."
+            note = f"The conversation got too long for the model: its {dropped} oldest exchange(s) after the first were dropped."
             logger.warning(note)
             state.warnings.append(note)
-        if embeds.shape[1] > budget:
+        if length > budget:
             raise ContextTooLongError(
-                f"the prompt needs {embeds.shape[1]} tokens but only {budget} fit "
+                f"the prompt needs {length} tokens but only {budget} fit "
                 f"({self.max_context_tokens}-token window minus {max_new_tokens} new tokens); "
                 "ask a shorter question, lower max new tokens, or reset the chat"
             )
-        return embeds
+        return state.conversation.prompt()
 
-    def _generate_kwargs(self, embeds: torch.Tensor, settings: GenerationSettings) -> dict:
-        tokenizer = self.tokenizer
+    def _replies(self, prompt: str, image_features: torch.Tensor, settings: GenerationSettings) -> Iterator[str]:
+        """The growing reply: streamed for greedy/sampling, in one piece for beam search."""
         kwargs = dict(
-            inputs_embeds=embeds,
-            attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device),
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            image_features=image_features,
+            apply_template=False,
+            # An EOS stop string is the EOS token, which ends generation by itself.
+            stop_strings=[s for s in self.template.stop_strings if s != self.model.tokenizer.eos_token],
             **settings.generate_kwargs(),
         )
-        if self.template.stop_strings:
-            kwargs.update(stop_strings=list(self.template.stop_strings), tokenizer=tokenizer)
-        return kwargs
-
-    def stream_from_embeddings(self, embeds: torch.Tensor, settings: GenerationSettings) -> Iterator[str]:
-        """Decode from ready-made context embeddings ``[1, T, D]``, yielding the reply as it grows.
-
-        Beam search cannot stream, so with ``num_beams > 1`` the reply comes in one piece.
-        """
-        if settings.num_beams == 1:
-            yield from self._generate_streaming(embeds, settings)
+        if settings.num_beams > 1:
+            with torch.inference_mode():
+                text = self.model.generate(None, [prompt], **kwargs)[0]
+            yield self.template.cut_at_stop(text)[0]
             return
-        with torch.inference_mode():
-            ids = self.model.llama_model.generate(**self._generate_kwargs(embeds, settings))
-        text = self.tokenizer.decode(ids[0], skip_special_tokens=True)
-        yield self.template.cut_at_stop(text)[0]
+        from transformers import StoppingCriteriaList
 
-    def _generate_streaming(self, embeds: torch.Tensor, settings: GenerationSettings) -> Iterator[str]:
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
-
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancel = threading.Event()
-        errors: List[BaseException] = []
-
-        def work() -> None:
-            try:
-                with torch.inference_mode():
-                    self.model.llama_model.generate(
-                        **self._generate_kwargs(embeds, settings),
-                        streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([_CancelFlag(cancel)]),
-                    )
-            except BaseException as exc:  # re-raised in the caller's thread below
-                errors.append(exc)
-                streamer.end()
-
-        worker = threading.Thread(target=work, name="xraygpt-generate", daemon=True)
-        worker.start()
+        pieces = self.model.stream_generate(
+            None, prompt, stopping_criteria=StoppingCriteriaList([_CancelFlag(cancel)]), **kwargs
+        )
         text, reply = "", None
         try:
-            for piece in streamer:
+            for piece in pieces:
                 text += piece
                 current, stopped = self.template.cut_at_stop(text)
                 if current != reply:
@@ -270,8 +213,6 @@ class Chat:
                     break
         finally:
             cancel.set()
-            worker.join()
-        if errors:
-            raise errors[0]
+            pieces.close()
         if reply is None:
             yield ""
