@@ -39,6 +39,18 @@ def _records(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def test_default_prompt_reproduces_the_reference_greedy_report(cli, cached_loader, repo_root, image_dir, tmp_path,
+                                                               seed_reference_dir):
+    """The default prompt is the fixture's greedy-decoding prompt: the report is the reference tokens up to '###'."""
+    import torch
+
+    assert cli("--images", image_dir / "xray_0.png", "--out", tmp_path / "r.jsonl", "--max-new-tokens", "16") == 0
+    tokens = torch.load(seed_reference_dir / "expected.pt", weights_only=True)["greedy_tokens"].tolist()
+    model, _ = cached_loader(str(repo_root / "eval_configs" / "seed_reference_tiny.yaml"), torch.device("cpu"))
+    stop = model.tokenizer.convert_ids_to_tokens(tokens).index("▁###")
+    assert _records(tmp_path / "r.jsonl")[0]["report"] == model.tokenizer.decode(tokens[:stop]).strip()
+
+
 def test_batched_reports_equal_one_by_one_reports(cli, image_dir, tmp_path):
     assert cli("--images", image_dir, "--out", tmp_path / "batched.jsonl", "--batch-size", "3") == 0
     assert cli("--images", image_dir, "--out", tmp_path / "single.jsonl", "--batch-size", "1") == 0
