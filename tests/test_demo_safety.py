@@ -151,3 +151,28 @@ def test_example_images_are_synthetic_phantoms(tmp_path):
     paths = demo.example_images(tmp_path, count=2)
     assert len(paths) == 2 and all(load_medical_image(p).size[0] >= 64 for p in paths)
 
+
+
+def test_dicom_uploads_are_read_and_previewed(handlers, tmp_path):
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    pixels = (np.add.outer(np.arange(64), np.arange(48)) * 20).astype(np.uint16)  # 12-bit gradient
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.Rows, ds.Columns = "DX", *pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.tobytes()
+    path = tmp_path / "study.dcm"
+    ds.save_as(path, enforce_file_format=True)
+
+    state, preview, _, status = handlers.upload(str(path))
+    assert "study.dcm" in status and "loaded" in status
+    assert preview.size == (48, 64) and state.image_features.shape == (1, 8, 64)
