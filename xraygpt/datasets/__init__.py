@@ -1,1 +1,6 @@
-"""Filled in by its issue; imported by xraygpt/__init__.py for registration."""
+"""Medical image loading, image-text datasets, builders, mixing, validation and the phantom generator."""
+from xraygpt.datasets import builders  # noqa: F401  (registers openi, roco, medvqa, mimic, phantoms)
+from xraygpt.datasets.caption_dataset import BadSampleError, ImageTextDataset, collate
+from xraygpt.datasets.image_io import ImageLoadError, load_medical_image
+
+__all__ = ["BadSampleError", "ImageLoadError", "ImageTextDataset", "collate", "load_medical_image"]

@@ -1,0 +1,98 @@
+"""The one map-style dataset: records -> ``{"image", "prompt", "caption", "image_id"}`` samples.
+
+Bad samples follow ``run.on_bad_sample``: ``error`` raises
+:class:`BadSampleError` naming the file, the reason and the fix; ``skip``
+logs the file, counts it and returns ``None``, which :func:`collate` drops
+and reports in the batch's ``num_skipped``.  Nothing is skipped silently.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from xraygpt.datasets.annotations import Record
+from xraygpt.datasets.image_io import ImageLoadError, load_medical_image
+
+logger = logging.getLogger(__name__)
+
+BAD_SAMPLE_POLICIES = ("error", "skip")
+
+
+class BadSampleError(RuntimeError):
+    """A sample that cannot be loaded while ``on_bad_sample`` is ``error``."""
+
+
+def check_policy(on_bad_sample: str) -> str:
+    if on_bad_sample not in BAD_SAMPLE_POLICIES:
+        raise ValueError(f"on_bad_sample must be one of {BAD_SAMPLE_POLICIES}, got {on_bad_sample!r}")
+    return on_bad_sample
+
+
+class ImageTextDataset(Dataset):
+    """Image + prompt + caption samples from parsed annotation records."""
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        vis_processor: Optional[Callable] = None,
+        text_processor: Optional[Callable] = None,
+        on_bad_sample: str = "error",
+        name: str = "dataset",
+    ):
+        self.records = list(records)
+        self.vis_processor = vis_processor
+        self.text_processor = text_processor
+        self.on_bad_sample = check_policy(on_bad_sample)
+        self.name = name
+        self.skipped: List[str] = []
+        """Files skipped in *this* process (DataLoader workers keep their own; see collate's num_skipped)."""
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Optional[Dict[str, Any]]:
+        record = self.records[index]
+        try:
+            image = load_medical_image(record.image_path)
+        except ImageLoadError as exc:
+            return self._bad_sample(index, record, exc.reason)
+        if self.vis_processor is not None:
+            image = self.vis_processor(image)
+        caption = self.text_processor(record.caption) if self.text_processor else record.caption
+        return {"image": image, "prompt": record.prompt, "caption": caption, "image_id": record.image_id}
+
+    def _bad_sample(self, index: int, record: Record, reason: str) -> None:
+        where = f"{self.name}[{index}] image {record.image_path}"
+        if self.on_bad_sample == "error":
+            raise BadSampleError(
+                f"bad sample {where}: {reason}. Fix or remove the entry (check the whole dataset with "
+                f"`python -m xraygpt.datasets.validate <folder>`), or set run.on_bad_sample=skip to skip such files"
+            )
+        self.skipped.append(str(record.image_path))
+        logger.warning("skipping bad sample %s: %s (%d skipped so far in this process)", where, reason, len(self.skipped))
+        return None
+
+    def __repr__(self) -> str:
+        return f"ImageTextDataset(name={self.name!r}, samples={len(self)}, on_bad_sample={self.on_bad_sample!r})"
+
+
+def collate(samples: Sequence[Optional[Dict[str, Any]]]) -> Optional[Dict[str, Any]]:
+    """Stack tensors, list strings; drop ``None`` (skipped) samples and count them.
+
+    Returns ``None`` when every sample of the batch was skipped; the runner
+    must then skip the step (it still sees the count in its logs).
+    """
+    kept = [s for s in samples if s is not None]
+    skipped = len(samples) - len(kept)
+    if not kept:
+        logger.warning("a whole batch of %d samples was skipped as bad", skipped)
+        return None
+    batch: Dict[str, Any] = {}
+    for key in kept[0]:
+        values = [s[key] for s in kept]
+        batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    batch["num_skipped"] = skipped
+    return batch
