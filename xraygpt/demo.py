@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--gpu-id", type=int, default=None, help="CUDA device index to run on")
     where.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:1")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     parser.add_argument(
         "--auth", default=os.environ.get("XRAYGPT_DEMO_AUTH"),

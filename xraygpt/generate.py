@@ -93,15 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompt", default=DEFAULT_PROMPT,
         help="question asked about every image, put into the model's prompt template (the text follows </Img> as written)",
     )
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=4, help="images per generate call (default 4)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda:<gpu-id> if available)")
-    parser.add_argument("--gpu-id", type=int, default=None)
+    parser.add_argument("--gpu-id", type=int, default=None, help="CUDA device index (when --device is not given)")
     defaults = GenerationSettings()
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
-    parser.add_argument("--num-beams", type=int, default=defaults.num_beams)
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="longest report, in tokens")
+    parser.add_argument("--num-beams", type=int, default=defaults.num_beams, help="beam-search width (1 = none)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy/beam search (default)")
-    parser.add_argument("--top-p", type=float, default=defaults.top_p)
-    parser.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
+    parser.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus sampling mass (with --temperature > 0)")
+    parser.add_argument(
+        "--repetition-penalty", type=float, default=defaults.repetition_penalty, help="> 1 discourages repeats"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
