@@ -108,3 +108,19 @@ def test_a_corrupt_output_file_is_not_overwritten(tmp_path):
     with pytest.raises(ConfigError, match="reports.jsonl:1 is not JSON"):
         generate.finished_images(out)
     assert out.read_text() == "this is not json\n"
+
+
+def test_inference_prefers_an_eval_image_processor():
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    def chosen(sections):
+        return loading.eval_processor_config(SimpleNamespace(config=OmegaConf.create(sections), cfg_path="cfg.yaml"))
+
+    train_only = {"vis_processor": {"train": {"name": "blip2_image_train"}}}
+    model_eval = {"vis_processor": {"eval": {"name": "blip2_image_eval"}}}
+    assert chosen({"datasets": {"openi": train_only}, "preprocess": model_eval})["name"] == "blip2_image_eval"
+    assert chosen({"datasets": {"openi": train_only}})["name"] == "blip2_image_train"
+    with pytest.raises(ConfigError, match="cfg.yaml: no image processor configured"):
+        chosen({"datasets": {}})

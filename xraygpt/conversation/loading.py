@@ -24,17 +24,19 @@ def pick_device(device: Optional[str] = None, gpu_id: Optional[int] = None) -> t
 
 
 def eval_processor_config(cfg: Config) -> Mapping[str, Any]:
-    """The image processor to evaluate with: a dataset's, else the model defaults' ``preprocess`` one.
+    """The image processor to run inference with.
 
-    ``eval`` is preferred over ``train`` (which may crop at random).
+    Any ``eval`` processor (datasets first, then the model defaults' ``preprocess``)
+    wins over a ``train`` one, which may crop at random.
     """
     sections = [(f"datasets.{name}", d.get("vis_processor")) for name, d in (cfg.config.get("datasets") or {}).items()]
     sections.append(("preprocess", (cfg.config.get("preprocess") or {}).get("vis_processor")))
-    for where, processors in sections:
-        chosen = (processors or {}).get("eval") or (processors or {}).get("train")
-        if chosen is not None:
-            logger.info("image processor from %s: %s", where, chosen.get("name"))
-            return chosen
+    for split in ("eval", "train"):
+        for where, processors in sections:
+            chosen = (processors or {}).get(split)
+            if chosen is not None:
+                logger.info("image processor from %s.vis_processor.%s: %s", where, split, chosen.get("name"))
+                return chosen
     raise ConfigError(
         f"{cfg.cfg_path}: no image processor configured; add preprocess.vis_processor.eval "
         "(e.g. {name: blip2_image_eval, image_size: 224})"
