@@ -37,6 +37,8 @@ class Record:
     caption: str
     image_id: str
     split: Optional[str] = None
+    source: str = ""
+    """``file[entry]`` the record came from, for error messages."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,11 @@ def read_json(path: str | Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise AnnotationError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        lines = text.splitlines()
+        context = lines[exc.lineno - 1].strip()[:80] if 0 < exc.lineno <= len(lines) else ""
+        raise AnnotationError(
+            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg.removesuffix(' at')} (line reads: {context!r})"
+        ) from None
 
 
 def parse_annotations(
@@ -149,7 +155,7 @@ def _parse_entry(
         prompt = pick_prompt(prompts, image_id, prompt_seed)
     else:
         return None, [Issue("error", where, "missing field 'prompt' and no prompt file configured")]
-    return Record(image_path, prompt, entry["caption"], str(image_id), entry.get("split")), []
+    return Record(image_path, prompt, entry["caption"], str(image_id), entry.get("split"), where), []
 
 
 class _ImageResolver:

@@ -63,7 +63,8 @@ class ImageTextBuilder:
     """Builds train/val/test :class:`ImageTextDataset` objects from one dataset config section."""
 
     NAME = "medvqa"
-    DATASET_CONFIG_DICT = {"default": "configs/datasets/medvqa/defaults.yaml"}
+    DATASET_CONFIG_DICT: Dict[str, str] = {}
+    """Optional ``{"default": path}``; the convention configs/datasets/<NAME>/defaults.yaml applies otherwise."""
 
     def __init__(self, cfg: Optional[Mapping[str, Any]] = None, on_bad_sample: Optional[str] = None):
         self.config = _checked_section(self.default_config(), cfg, self.NAME)
@@ -73,7 +74,7 @@ class ImageTextBuilder:
 
     @classmethod
     def default_config(cls) -> DictConfig:
-        path = PACKAGE_ROOT / cls.DATASET_CONFIG_DICT["default"]
+        path = PACKAGE_ROOT / cls.DATASET_CONFIG_DICT.get("default", f"configs/datasets/{cls.NAME}/defaults.yaml")
         section = OmegaConf.load(path).get("datasets", {}).get(cls.NAME)
         if section is None:
             raise AnnotationError(f"{path} must define datasets.{cls.NAME}")
@@ -182,13 +183,11 @@ class MedVQABuilder(ImageTextBuilder):
 @registry.register_builder("openi")
 class OpenIBuilder(ImageTextBuilder):
     NAME = "openi"
-    DATASET_CONFIG_DICT = {"default": "configs/datasets/openi/defaults.yaml"}
 
 
 @registry.register_builder("roco")
 class ROCOBuilder(ImageTextBuilder):
     NAME = "roco"
-    DATASET_CONFIG_DICT = {"default": "configs/datasets/roco/defaults.yaml"}
 
 
 @registry.register_builder("mimic")
@@ -196,7 +195,6 @@ class MIMICBuilder(ImageTextBuilder):
     """MIMIC-CXR layout of the original: image/<image_id>.jpg, prompts from the prompt file."""
 
     NAME = "mimic"
-    DATASET_CONFIG_DICT = {"default": "configs/datasets/mimic/defaults.yaml"}
 
 
 @registry.register_builder("phantoms")
@@ -204,4 +202,3 @@ class PhantomBuilder(ImageTextBuilder):
     """The synthetic phantom set written by ``python -m xraygpt.datasets.phantoms`` (medvqa format)."""
 
     NAME = "phantoms"
-    DATASET_CONFIG_DICT = {"default": "configs/datasets/phantoms/defaults.yaml"}
