@@ -2,7 +2,8 @@
 
 Starts ``python -m xraygpt.demo`` with the tiny seed-reference model on a free
 127.0.0.1 port, uploads an x-ray, asks a question and reads the streamed
-answer, then uploads a corrupt file and reads the friendly error.  Screenshots
+answer, uploads a corrupt file and reads the friendly error, then loads an
+example phantom.  Screenshots
 and the server log go to ``test-artifacts/`` (git-ignored) for a human to look at.
 """
 import os
@@ -131,3 +132,9 @@ def test_upload_ask_stream_and_corrupt_file(demo_url, page, seed_reference_dir, 
     assert "Traceback" not in page.content()
     expect(disclaimer).to_be_in_viewport()
     page.screenshot(path=str(ARTIFACTS / "demo_corrupt_upload.png"), full_page=True)
+
+    # The synthetic example images are drawn at start-up and load with one click.
+    page.locator("#upload button[aria-label=Clear]").click()
+    page.get_by_text("phantom_0.png", exact=True).click()
+    expect(status).to_contain_text("phantom_0.png loaded", timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "demo_example_phantom.png"), full_page=True)

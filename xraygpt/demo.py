@@ -8,9 +8,11 @@ Each browser session has its own :class:`~xraygpt.conversation.chat.ChatState`.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -285,11 +287,15 @@ def main(argv: list[str] | None = None) -> int:
     from xraygpt.conversation.chat import Chat
     from xraygpt.conversation.loading import load_model_and_processor, pick_device
 
+    # Gradio takes seconds to import: do it while the model loads.
+    gradio_import = threading.Thread(target=importlib.import_module, args=("gradio",), daemon=True)
+    gradio_import.start()
     cfg = Config(args)
     device = pick_device(args.device, args.gpu_id)
     model, processor = load_model_and_processor(cfg, device)
     chat = Chat(model, processor, template=args.template)
     handlers = DemoHandlers(chat, options["max_file_size"])
+    gradio_import.join()
     with tempfile.TemporaryDirectory(prefix="xraygpt-demo-") as tmp:
         demo = build_demo(handlers, example_images(Path(tmp)), args.concurrency, args.queue_size)
         logger.info("serving on http://%s:%d", args.host, args.port)
