@@ -165,6 +165,6 @@ VICUNA_V1_1 = _register(
         roles=("USER", "ASSISTANT"),
         sep=" ",
         sep2="</s>",
-        stop_strings=("</s>", "USER:"),
+        stop_strings=("</s>", "USER:", "ASSISTANT:"),
     ),
 )
