@@ -43,13 +43,18 @@ def eval_processor_config(cfg: Config) -> Mapping[str, Any]:
     )
 
 
+def build_model(cfg: Config, device: torch.device | str) -> Any:
+    """The config's model in eval mode on ``device`` (shared by demo, batch CLI and evaluation)."""
+    model_cfg = cfg.config.model
+    if "arch" not in model_cfg:
+        raise ConfigError(f"{cfg.cfg_path}: the model section needs 'arch' (e.g. arch: mini_gpt4)")
+    model = registry.get_model_class(model_cfg.arch).from_config(model_cfg)
+    return model.to(device).eval()
+
+
 def load_model_and_processor(cfg: Config, device: torch.device) -> Tuple[Any, Callable]:
     """The config's model in eval mode on ``device``, and its PIL -> tensor processor."""
     from xraygpt.processors.base import build_processor
 
-    model_cfg = cfg.config.model
-    if "arch" not in model_cfg:
-        raise ConfigError(f"{cfg.cfg_path}: the model section needs 'arch' (e.g. arch: mini_gpt4)")
     processor = build_processor(eval_processor_config(cfg))
-    model = registry.get_model_class(model_cfg.arch).from_config(model_cfg)
-    return model.to(device).eval(), processor
+    return build_model(cfg, device), processor
