@@ -162,3 +162,14 @@ def test_config_layering_selects_dataset_defaults(tmp_path):
     section = Config({"cfg_path": str(cfg_path)}).datasets_cfg.openi
     assert section.build_info.storage == "/data/openi" and section.build_info.image_dir == "image"
     assert section.vis_processor.train == {"name": "blip2_image_train", "image_size": 96}
+
+
+def test_tasks_filter_keeps_listed_entry_types(tmp_path):
+    root = _merged_folder(tmp_path, n=3)
+    entries = json.loads((root / "filter_cap.json").read_text())
+    for entry, task in zip(entries, ["report", "vqa", "vqa"]):
+        entry["task"] = task
+    (root / "filter_cap.json").write_text(json.dumps(entries))
+    assert len(_build("medvqa", root)["train"]) == 3
+    reports = _build("medvqa", root, build_info={"tasks": ["report"]})["train"]
+    assert [r.task for r in reports.records] == ["report"]

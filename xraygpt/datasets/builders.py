@@ -45,6 +45,8 @@ class BuildInfo:
     """Prompts for entries without one; relative paths are tried in the working directory, then the package."""
     prompt_seed: int = 0
     """Seed of the per-sample prompt choice."""
+    tasks: Optional[List[str]] = None
+    """Keep only entries whose ``task`` field is listed (e.g. ``[report]``); ``null`` keeps everything."""
 
 
 @dataclass
@@ -129,6 +131,8 @@ class ImageTextBuilder:
                 prompt_seed=info.prompt_seed,
             )
             self._handle_issues(ann_path, issues)
+            if info.tasks is not None:
+                records = [record for record in records if record.task in info.tasks]
             for record in records:
                 # A `split` field inside the file wins over the file's own split.
                 target = _SPLIT_ALIASES.get(record.split, record.split) if record.split else split

@@ -19,6 +19,7 @@ Conventions: image left = patient right (PA view); pixel spacing is about
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -31,6 +32,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
+
+from xraygpt.datasets.prompts import load_prompts
 
 SIDES = ("right", "left")
 EFFUSION_SIZES = ("small", "moderate", "large")
@@ -422,23 +425,23 @@ def vqa_pairs(f: Findings, rng: np.random.Generator, k: int = 2) -> List[Tuple[s
     return [(QUESTIONS[keys[i]][0], QUESTIONS[keys[i]][1](f)) for i in sorted(chosen)]
 
 
-REPORT_PROMPTS = (
-    "Describe the findings in this chest x-ray.",
-    "Write a radiology report for this chest radiograph.",
-    "What are the findings and the impression?",
-    "Please describe this chest radiograph in detail.",
-)
-
-
 # ------------------------------------------------------------------- dataset
 def make_sample(index: int, seed: int, size: int = 256, prevalence: Optional[Dict[str, float]] = None, vqa_per_image: int = 2):
-    """Everything for phantom ``index``: (pixels, findings, report, vqa pairs, report prompt)."""
+    """Everything for phantom ``index``: (pixels, findings, report, vqa pairs, report prompt).
+
+    The report prompt is one of the shipped report prompts (configs/prompts/report.txt).
+    """
     rng = np.random.default_rng([seed, index])
     findings = sample_findings(rng, prevalence)
     pixels = draw_phantom(findings, rng, size)
     report = write_report(findings, rng)
     pairs = vqa_pairs(findings, rng, vqa_per_image)
-    return pixels, findings, report, pairs, _pick(rng, REPORT_PROMPTS)
+    return pixels, findings, report, pairs, _pick(rng, _report_prompts()).strip()
+
+
+@functools.lru_cache(maxsize=1)
+def _report_prompts() -> tuple:
+    return tuple(load_prompts())
 
 
 def _split_of(index: int, seed: int, val_fraction: float, test_fraction: float) -> str:
