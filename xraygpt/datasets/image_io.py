@@ -58,16 +58,25 @@ def load_medical_image(source: ImageSource) -> Image.Image:
     name, data = _read_bytes(source)
     if not data:
         raise ImageLoadError(name, "file is empty (0 bytes)")
-    if _looks_like_dicom(name, data):
+    if data[128:132] == b"DICM":  # Part-10 files: "DICM" after a 128-byte preamble
         image = _load_dicom(name, data)
     else:
-        image = _load_raster(name, data)
+        try:
+            image = _load_raster(name, data)
+        except _Unrecognised:
+            if Path(name).suffix.lower() not in _DICOM_SUFFIXES:
+                raise
+            image = _load_dicom(name, data)  # a raw DICOM data set without preamble
     if min(image.size) < MIN_SIDE:
         w, h = image.size
         raise ImageLoadError(
             name, f"image is {w}x{h} pixels, smaller than the {MIN_SIDE}-pixel minimum side (degenerate image)"
         )
     return image
+
+
+class _Unrecognised(ImageLoadError):
+    """Pillow does not know the content; a ``.dcm`` file then gets a second try as raw DICOM."""
 
 
 # --------------------------------------------------------------------- input
@@ -88,18 +97,13 @@ def _read_bytes(source: ImageSource) -> tuple[str, bytes]:
         raise ImageLoadError(path, f"file cannot be read ({exc.strerror or exc})") from exc
 
 
-def _looks_like_dicom(name: str, data: bytes) -> bool:
-    # Part-10 files carry "DICM" after a 128-byte preamble; raw datasets only have their suffix.
-    return data[128:132] == b"DICM" or Path(name).suffix.lower() in _DICOM_SUFFIXES
-
-
 # -------------------------------------------------------------- PNG / JPEG
 def _load_raster(name: str, data: bytes) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
     except UnidentifiedImageError:
-        raise ImageLoadError(name, f"not a recognised image (content starts with {data[:16]!r}); expected PNG, JPEG or DICOM") from None
+        raise _Unrecognised(name, f"not a recognised image (content starts with {data[:16]!r}); expected PNG, JPEG or DICOM") from None
     except Image.DecompressionBombError as exc:
         raise ImageLoadError(name, f"image too large to decode safely ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:

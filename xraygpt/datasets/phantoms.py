@@ -304,7 +304,7 @@ def _draw_anatomy(findings: Findings, a: _Anatomy, rng: np.random.Generator) -> 
     image = image + 0.12 * _ramp(0.035 * s - np.abs(x - a.cx), 0.008 * s) * vertebrae * _ramp(y - 0.04 * s, soft)
     phase = ((y - a.apex_y + 0.2 * a.rib_spacing - a.rib_curve * (x - a.cx) ** 2) / a.rib_spacing) % 1.0
     ribs = np.clip(1.0 - np.abs(phase - 0.5) / 0.18, 0.0, 1.0)
-    in_chest = _ramp(1.0 - ((x - a.cx) / (a.thorax_half * 1.02)) ** 2 - 0.0, 0.15) * _ramp(a.dome_y + 0.05 * s - y, soft)
+    in_chest = _ramp(1.0 - ((x - a.cx) / (a.thorax_half * 1.02)) ** 2, 0.15) * _ramp(a.dome_y + 0.05 * s - y, soft)
     image = image + 0.09 * ribs * in_chest
     clav_y = a.apex_y + 0.02 * s - 0.22 * np.abs(x - a.cx)
     clavicles = _ramp(0.016 * s - np.abs(y - clav_y), 0.008 * s) * _ramp(np.abs(x - a.cx) - 0.04 * s, 0.008 * s)

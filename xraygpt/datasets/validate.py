@@ -115,8 +115,10 @@ def targets_for(path: Path, image_dir: Optional[Path] = None) -> List[Target]:
 def _targets_from_config(path: Path) -> List[Target]:
     from omegaconf import OmegaConf
 
+    from xraygpt.common.config import _register_cfg_dir_resolver
     from xraygpt.common.registry import registry
 
+    _register_cfg_dir_resolver(path.resolve().parent)  # configs may write storage: ${cfg_dir:}/data
     datasets = OmegaConf.load(path).get("datasets") or {}
     if not datasets:
         raise ValueError(f"{path} has no datasets section")
