@@ -236,5 +236,5 @@ def test_extension_never_overrides_content(tmp_path):
     assert np.asarray(load_medical_image(dicom_as_png))[0, 15, 0] == 255
     junk_dcm = tmp_path / "junk.dcm"
     junk_dcm.write_bytes(b"\x00\x01garbage" * 10)
-    with pytest.raises(ImageLoadError, match="junk.dcm"):
+    with pytest.raises(ImageLoadError, match="junk.dcm: neither a recognised image nor a readable DICOM"):
         load_medical_image(junk_dcm)

@@ -66,7 +66,10 @@ def load_medical_image(source: ImageSource) -> Image.Image:
         except _Unrecognised:
             if Path(name).suffix.lower() not in _DICOM_SUFFIXES:
                 raise
-            image = _load_dicom(name, data)  # a raw DICOM data set without preamble
+            try:  # a raw DICOM data set without the Part-10 preamble?
+                image = _load_dicom(name, data)
+            except ImageLoadError as exc:
+                raise ImageLoadError(name, f"neither a recognised image nor a readable DICOM data set ({exc.reason})") from None
     if min(image.size) < MIN_SIDE:
         w, h = image.size
         raise ImageLoadError(
