@@ -372,7 +372,7 @@ def write_report(f: Findings, rng: np.random.Generator) -> str:
     if f.lesion:
         impression.append(f"{f.lesion.size_mm} mm {f.lesion.lobe} {f.lesion.kind}.")
     if f.consolidation:
-        impression.append(f"{f.consolidation.capitalize()} consolidation, concerning for pneumonia.")
+        impression.append(f"{f.consolidation.capitalize()} consolidation.")  # no "pneumonia": not a labelled finding
     if not impression:
         impression.append(_pick(rng, ["No acute cardiopulmonary abnormality.", "Normal chest radiograph.", "No acute cardiopulmonary process."]))
     return f"Findings: {' '.join(sentences)} Impression: {' '.join(impression)}"
