@@ -154,7 +154,15 @@ def _load_dicom(name: str, data: bytes) -> Image.Image:
         raise ImageLoadError(name, "DICOM file has no pixel data (PixelData element missing)")
     try:
         arr = ds.pixel_array
-    except Exception as exc:  # pydicom raises ValueError/RuntimeError/NotImplementedError by codec
+    except (RuntimeError, NotImplementedError) as exc:  # pydicom: no plugin for this compression
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        syntax_name = getattr(syntax, "name", syntax) or "unknown transfer syntax"
+        raise ImageLoadError(
+            name,
+            f"no decoder for compressed DICOM ({syntax_name}); install pylibjpeg with pylibjpeg-openjpeg/-libjpeg "
+            f"or python-gdcm ({exc})",
+        ) from None
+    except Exception as exc:  # ValueError and friends: the pixel bytes do not match the header
         raise ImageLoadError(name, f"DICOM pixel data cannot be decoded, file truncated or corrupt ({exc})") from None
 
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
