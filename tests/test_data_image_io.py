@@ -238,3 +238,22 @@ def test_extension_never_overrides_content(tmp_path):
     junk_dcm.write_bytes(b"\x00\x01garbage" * 10)
     with pytest.raises(ImageLoadError, match="junk.dcm: neither a recognised image nor a readable DICOM"):
         load_medical_image(junk_dcm)
+
+
+@pytest.mark.parametrize(
+    "name,size",
+    [("examples_palette.dcm", (800, 350)), ("examples_ybr_color.dcm", (320, 240)), ("SC_rgb_rle_2frame.dcm", (100, 100))],
+)
+def test_colour_dicom_from_the_pydicom_wheel(name, size):
+    """Palette, YBR and multi-frame colour DICOM (files bundled inside pydicom; read from disk, never downloaded)."""
+    from pathlib import Path
+
+    import pydicom.data
+
+    path = Path(pydicom.data.__file__).parent / "test_files" / name
+    if not path.is_file():
+        pytest.skip(f"{name} not bundled with this pydicom")
+    image = load_medical_image(path)
+    arr = np.asarray(image).astype(int)
+    assert image.mode == "RGB" and image.size == size
+    assert np.abs(arr[..., 0] - arr[..., 2]).mean() > 1  # real colour survived, not collapsed to grey
