@@ -111,6 +111,15 @@ def test_config_errors_are_specific(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="training annotations .*filter_cap.json not found"):
         _build("medvqa", tmp_path / "empty")
+    with pytest.raises(AnnotationError, match="unknown split 'extra'"):
+        _build("medvqa", tmp_path / "empty", build_info={"ann_files": {"extra": "x.json"}})
+
+
+def test_evaluation_only_dataset_without_train_file(tmp_path):
+    root = _merged_folder(tmp_path)
+    (root / "filter_cap.json").rename(root / "held_out.json")
+    datasets = _build("medvqa", root, build_info={"ann_files": {"train": None, "test": "held_out.json"}})
+    assert set(datasets) == {"test"} and len(datasets["test"]) == 6
 
 
 def test_bad_entries_error_or_skip_with_count(tmp_path, caplog):

@@ -128,7 +128,7 @@ def _targets_from_config(path: Path) -> List[Target]:
         info = builder.config.build_info
         storage = Path(info.storage)
         for ann_name in info.ann_files.values():
-            if (storage / ann_name).is_file() or ann_name == info.ann_files.get("train"):
+            if ann_name and ((storage / ann_name).is_file() or ann_name == info.ann_files.get("train")):
                 targets.append(Target(storage / ann_name, storage / info.image_dir, info.image_ext, info.prompt_path))
     return targets
 
