@@ -207,8 +207,13 @@ def test_stream_generate_yields_the_generate_answer(model, ref):
     assert "".join(pieces).strip() == model.generate(images, [GREEDY_PROMPT], max_new_tokens=16)[0]
 
 
-def test_stage2_checkpoint_loaded_only_llama_proj(ref, model):
+def test_stage2_checkpoint_loaded_only_llama_proj(ref, model, caplog):
     state = torch.load(ref["dir"] / "xraygpt_stage2.pth", weights_only=True)["model"]
     assert torch.equal(model.llama_proj.weight, state["llama_proj.weight"])
-    report = model.load_checkpoint(ref["dir"] / "xraygpt_stage2.pth")
+    with caplog.at_level("INFO", logger="xraygpt.models.mini_gpt4"):
+        report = model.load_checkpoint(ref["dir"] / "xraygpt_stage2.pth")
     assert report["loaded"] == ["llama_proj.bias", "llama_proj.weight"]
+    assert report["ignored"] == {"LLaMA rotary inv_freq buffers": 2, "Q-Former position-id buffers": 1}
+    lines = [r.getMessage() for r in caplog.records if r.name == "xraygpt.models.mini_gpt4"]
+    assert len(lines) == 1 and "2 tensors (llama_proj.bias, llama_proj.weight)" in lines[0]
+    assert "2 LLaMA rotary inv_freq buffers" in lines[0] and "not in the file (kept as initialised): none" in lines[0]

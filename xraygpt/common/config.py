@@ -206,7 +206,11 @@ _CFG_DIR: List[Path] = [Path.cwd()]
 
 def _register_cfg_dir_resolver(folder: Path) -> None:
     _CFG_DIR[0] = folder
-    if not OmegaConf.has_resolver("cfg_dir"):
+    if OmegaConf.has_resolver("cfg_dir"):
+        return
+    try:  # omegaconf >= 2.4; its older register_resolver has other semantics and no `replace`
+        OmegaConf.register_resolver("cfg_dir", lambda: str(_CFG_DIR[0]), replace=True)
+    except TypeError:
         OmegaConf.register_new_resolver("cfg_dir", lambda: str(_CFG_DIR[0]))
 
 

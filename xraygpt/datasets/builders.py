@@ -33,10 +33,11 @@ _SPLIT_ALIASES = {"valid": "val", "validation": "val", "dev": "val", "eval": "va
 class BuildInfo:
     storage: str = ""
     """Dataset folder (relative paths are taken from the working directory)."""
-    ann_files: Dict[str, str] = field(
+    ann_files: Dict[str, Optional[str]] = field(
         default_factory=lambda: {"train": "filter_cap.json", "val": "filter_cap_val.json", "test": "filter_cap_test.json"}
     )
-    """Annotation file per split, relative to ``storage``; missing val/test files are simply absent splits."""
+    """Annotation file per split, relative to ``storage``; missing val/test files are simply absent splits.
+    ``train: null`` declares an evaluation-only dataset (otherwise a missing train file is an error)."""
     image_dir: str = "image"
     """Folder of ``<image_id>.<ext>`` images for the ``image_id`` schema, relative to ``storage``."""
     image_ext: Optional[str] = None
@@ -45,6 +46,8 @@ class BuildInfo:
     """Prompts for entries without one; relative paths are tried in the working directory, then the package."""
     prompt_seed: int = 0
     """Seed of the per-sample prompt choice."""
+    tasks: Optional[List[str]] = None
+    """Keep only entries whose ``task`` field is listed (e.g. ``[report]``); ``null`` keeps everything."""
 
 
 @dataclass
@@ -63,7 +66,8 @@ class ImageTextBuilder:
     """Builds train/val/test :class:`ImageTextDataset` objects from one dataset config section."""
 
     NAME = "medvqa"
-    DATASET_CONFIG_DICT = {"default": "configs/datasets/medvqa/defaults.yaml"}
+    DATASET_CONFIG_DICT: Dict[str, str] = {}
+    """Optional ``{"default": path}``; the convention configs/datasets/<NAME>/defaults.yaml applies otherwise."""
 
     def __init__(self, cfg: Optional[Mapping[str, Any]] = None, on_bad_sample: Optional[str] = None):
         self.config = _checked_section(self.default_config(), cfg, self.NAME)
@@ -73,7 +77,7 @@ class ImageTextBuilder:
 
     @classmethod
     def default_config(cls) -> DictConfig:
-        path = PACKAGE_ROOT / cls.DATASET_CONFIG_DICT["default"]
+        path = PACKAGE_ROOT / cls.DATASET_CONFIG_DICT.get("default", f"configs/datasets/{cls.NAME}/defaults.yaml")
         section = OmegaConf.load(path).get("datasets", {}).get(cls.NAME)
         if section is None:
             raise AnnotationError(f"{path} must define datasets.{cls.NAME}")
@@ -110,8 +114,13 @@ class ImageTextBuilder:
     def _records_by_split(self, storage: Path, info: BuildInfo) -> Dict[str, List[Record]]:
         prompts = load_prompts(info.prompt_path) if info.prompt_path else None
         out: Dict[str, List[Record]] = {}
+        unknown = [key for key in info.ann_files if _SPLIT_ALIASES.get(key, key) not in SPLITS]
+        if unknown:
+            raise AnnotationError(f"datasets.{self.NAME}.build_info.ann_files: unknown split '{unknown[0]}' (use train, val, test)")
         for split, ann_name in info.ann_files.items():
             split = _SPLIT_ALIASES.get(split, split)
+            if ann_name is None:
+                continue
             ann_path = storage / ann_name
             if not ann_path.is_file():
                 if split == "train":
@@ -128,6 +137,8 @@ class ImageTextBuilder:
                 prompt_seed=info.prompt_seed,
             )
             self._handle_issues(ann_path, issues)
+            if info.tasks is not None:
+                records = [record for record in records if record.task in info.tasks]
             for record in records:
                 # A `split` field inside the file wins over the file's own split.
                 target = _SPLIT_ALIASES.get(record.split, record.split) if record.split else split
@@ -182,13 +193,11 @@ class MedVQABuilder(ImageTextBuilder):
 @registry.register_builder("openi")
 class OpenIBuilder(ImageTextBuilder):
     NAME = "openi"
-    DATASET_CONFIG_DICT = {"default": "configs/datasets/openi/defaults.yaml"}
 
 
 @registry.register_builder("roco")
 class ROCOBuilder(ImageTextBuilder):
     NAME = "roco"
-    DATASET_CONFIG_DICT = {"default": "configs/datasets/roco/defaults.yaml"}
 
 
 @registry.register_builder("mimic")
@@ -196,7 +205,6 @@ class MIMICBuilder(ImageTextBuilder):
     """MIMIC-CXR layout of the original: image/<image_id>.jpg, prompts from the prompt file."""
 
     NAME = "mimic"
-    DATASET_CONFIG_DICT = {"default": "configs/datasets/mimic/defaults.yaml"}
 
 
 @registry.register_builder("phantoms")
@@ -204,4 +212,3 @@ class PhantomBuilder(ImageTextBuilder):
     """The synthetic phantom set written by ``python -m xraygpt.datasets.phantoms`` (medvqa format)."""
 
     NAME = "phantoms"
-    DATASET_CONFIG_DICT = {"default": "configs/datasets/phantoms/defaults.yaml"}

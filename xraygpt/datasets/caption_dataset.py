@@ -65,7 +65,7 @@ class ImageTextDataset(Dataset):
         return {"image": image, "prompt": record.prompt, "caption": caption, "image_id": record.image_id}
 
     def _bad_sample(self, index: int, record: Record, reason: str) -> None:
-        where = f"{self.name}[{index}] image {record.image_path}"
+        where = f"{self.name}[{index}] ({record.source or 'no source'}) image {record.image_path}"
         if self.on_bad_sample == "error":
             raise BadSampleError(
                 f"bad sample {where}: {reason}. Fix or remove the entry (check the whole dataset with "

@@ -135,7 +135,7 @@ def eva_to_ours(state: Mapping[str, torch.Tensor], depth: int) -> Tuple[StateDic
     for key, value in state.items():
         block = _EVA_BLOCK.match(key)
         if block and int(block.group(1)) >= depth:
-            extra[f"blocks beyond depth {depth} (the original drops them too)"] += 1
+            extra[f"tensors of blocks beyond depth {depth} (the original drops them too)"] += 1
             continue
         qv = _EVA_QV_BIAS.match(key)
         if qv:

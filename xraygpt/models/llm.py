@@ -87,15 +87,13 @@ def load_language_model(cfg: MiniGPT4Config, vocab_size: int) -> nn.Module:
         if cfg.low_resource:
             kwargs.update(_eight_bit_kwargs(cfg.device_8bit), dtype=torch.float16)
         model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
-    elif cfg.llama_config:
+    else:  # MiniGPT4Config guarantees llama_config here
         if cfg.low_resource:
             raise ConfigError("model.low_resource (8-bit) needs pretrained weights in model.llama_model, not llama_config")
         fields: dict = dict(cfg.llama_config)
         fields.setdefault("vocab_size", vocab_size)
         config = AutoConfig.for_model(fields.pop("model_type", "llama"), **fields)
         model = AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation).to(dtype)
-    else:
-        raise ConfigError("set model.llama_model (a local LLM folder) or model.llama_config (a random tiny LLM)")
     if model.config.vocab_size < vocab_size:
         raise CheckpointError(f"the tokenizer has {vocab_size} tokens but the LLM only {model.config.vocab_size} embeddings; they do not belong together")
     return model

@@ -60,6 +60,9 @@ class MiniGPT4(nn.Module):
     def __init__(self, cfg: MiniGPT4Config):
         super().__init__()
         self.config = cfg
+        missing = cfg.missing_files()
+        if missing:  # all at once, before minutes of building
+            raise CheckpointError("files not found (docs/model.md says where each goes): " + "; ".join(missing))
         encoder_cls = registry.get_vision_encoder_class(cfg.vit_model)
         self.visual_encoder = encoder_cls.build(
             cfg.image_size, cfg.vision_config, cfg.vit_path, cfg.use_grad_checkpoint, cfg.drop_path_rate
@@ -71,7 +74,7 @@ class MiniGPT4(nn.Module):
         if cfg.q_former_model:
             self.load_blip2(cfg.q_former_model)
 
-        self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.llama_model or "")
+        self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.llama_model)
         self.llama_model = load_language_model(cfg, vocab_size=len(self.tokenizer))
         self.llama_proj = nn.Linear(self.qformer.config.hidden_size, self.llama_model.config.hidden_size)
 
@@ -80,8 +83,6 @@ class MiniGPT4(nn.Module):
         self._freeze(self.qformer, cfg.freeze_qformer)
         self.query_tokens.requires_grad_(not cfg.freeze_qformer)
         if cfg.lora is not None:
-            if not cfg.freeze_llm:
-                raise ValueError("model.lora trains adapters on a frozen LLM; keep model.freeze_llm: true with it")
             self.llama_model = apply_lora(self.llama_model, cfg.lora)
         else:
             self._freeze(self.llama_model, cfg.freeze_llm)
@@ -252,8 +253,10 @@ class MiniGPT4(nn.Module):
         to ``xraygpt.models.fast_generation.generate(model, inputs_embeds, attention_mask, **kwargs)``.
         """
         if self.config.use_fast_generation:
-            from xraygpt.models import fast_generation
-
+            try:
+                from xraygpt.models import fast_generation
+            except ImportError as exc:
+                raise RuntimeError(f"model.use_fast_generation: true, but the fast decode path cannot be imported ({exc}); set it to false") from exc
             return fast_generation.generate(self, inputs_embeds, attention_mask, **kwargs)
         return self.llama_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 
@@ -298,8 +301,6 @@ class MiniGPT4(nn.Module):
 
         with torch.no_grad():
             inputs_embeds, attention_mask = self.prepare_generation_inputs(image, [prompt], image_features, apply_template)
-        if inputs_embeds.shape[0] != 1:
-            raise ValueError("stream_generate takes one image; use generate() for batches")
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=False, skip_special_tokens=True)
         kwargs = self._generation_kwargs(generation_kwargs)
 
@@ -323,8 +324,8 @@ class MiniGPT4(nn.Module):
         out.update({k: v for k, v in state.items() if k.startswith(("llama_proj.", "llama_model."))})
         return out
 
-    def from_original_names(self, state: Mapping[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
-        """Original MiniGPT-4 names -> ours; known buffers are dropped, unknown keys raise."""
+    def from_original_names(self, state: Mapping[str, torch.Tensor], source: str) -> Tuple[Dict[str, torch.Tensor], Counter]:
+        """Original MiniGPT-4 names -> ours, plus counts of what was dropped on purpose; unknown keys raise."""
         dropped: Counter = Counter()
         kept: Dict[str, torch.Tensor] = {}
         for key, value in state.items():
@@ -343,8 +344,7 @@ class MiniGPT4(nn.Module):
         unknown = sorted(set(kept) - set(qformer_part) - {k for k in kept if k.startswith(("llama_proj.", "llama_model.", "visual_encoder."))})
         if unknown:
             raise CheckpointError(f"{source}: unknown keys {unknown[:8]}; this is not a MiniGPT-4/XrayGPT checkpoint")
-        key_maps.log_dropped(dropped + qdropped, source)
-        return out
+        return out, dropped + qdropped
 
     def load_blip2(self, path: str) -> None:
         """Q-Former, query tokens and ln_vision from a LAVIS BLIP-2 checkpoint."""
@@ -360,13 +360,16 @@ class MiniGPT4(nn.Module):
     def load_checkpoint(self, path: str | Path) -> Dict[str, List[str]]:
         """Load trained weights: our safetensors, or an original ``{"model": ...}`` .pth.
 
-        Logs one line with what was loaded, ignored, missing and unexpected; raises when
-        ``llama_proj`` (never pretrained elsewhere) is absent, a group is incomplete, or
-        a key does not belong to this model.
+        Logs one line with what was loaded, ignored and left at its initial value; raises when
+        ``llama_proj`` (never pretrained elsewhere) is absent, a group is incomplete, a key
+        does not belong to this model, or a shape differs.
         """
         path = Path(path)
         raw = read_state_dict(path, "model checkpoint (llama_proj etc.)")
-        state = raw if path.suffix == ".safetensors" else self.from_original_names(raw, str(path))
+        if path.suffix == ".safetensors":
+            state, ignored = raw, Counter()
+        else:
+            state, ignored = self.from_original_names(raw, str(path))
         own = dict(self.named_parameters())
         unexpected = sorted(set(state) - set(self.state_dict()))
         if unexpected:
@@ -385,10 +388,14 @@ class MiniGPT4(nn.Module):
         self.load_state_dict(state, strict=False)
         trainable_missing = sorted(k for k, p in own.items() if p.requires_grad and k not in state)
         logger.info(
-            "loaded %s: %d tensors; trainable not in file (keep their init): %s",
-            path, len(state), ", ".join(trainable_missing[:5]) or "none",
+            "loaded %s: %d tensors (%s); ignored: %s; trainable weights not in the file (kept as initialised): %s; unexpected: none",
+            path,
+            len(state),
+            _summary(sorted(state)),
+            ", ".join(f"{n} {why}" for why, n in sorted(ignored.items())) or "none",
+            _summary(trainable_missing) or "none",
         )
-        return {"loaded": sorted(state), "missing_trainable": trainable_missing, "unexpected": unexpected}
+        return {"loaded": sorted(state), "missing_trainable": trainable_missing, "ignored": dict(ignored)}
 
     def save_checkpoint(self, path: str | Path, original_pth: Optional[str | Path] = None) -> Path:
         """Trainable weights as safetensors (+ the original ``{"model": ...}`` .pth when asked)."""
@@ -397,3 +404,7 @@ class MiniGPT4(nn.Module):
         if original_pth is not None:
             save_original_pth(self.to_original_names(state), original_pth)
         return saved
+
+
+def _summary(names: Sequence[str], shown: int = 4) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")

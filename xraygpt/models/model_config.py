@@ -91,6 +91,12 @@ class MiniGPT4Config:
     def __post_init__(self) -> None:
         if self.llama_model and self.llama_config:
             raise ValueError("set either model.llama_model (a folder) or model.llama_config (a random LLM), not both")
+        if not (self.llama_model or self.llama_config):
+            raise ValueError("set model.llama_model (a local LLM folder) or model.llama_config (a random tiny LLM)")
+        if self.llama_config and not self.tokenizer:
+            raise ValueError("model.llama_config needs model.tokenizer (an HF tokenizer folder or a SentencePiece .model file)")
+        if self.lora is not None and not self.freeze_llm:
+            raise ValueError("model.lora trains adapters on a frozen LLM; keep model.freeze_llm: true with it")
         for key in ("vit_precision", "llm_dtype"):
             if getattr(self, key) not in DTYPE_CHOICES:
                 raise ValueError(f"model.{key} must be one of {DTYPE_CHOICES}, got {getattr(self, key)!r}")
@@ -98,6 +104,21 @@ class MiniGPT4Config:
             raise ValueError(f"model.prompt_template must contain exactly one '{{}}', got {self.prompt_template!r}")
         if self.max_txt_len < 1 or self.num_query_token < 1:
             raise ValueError("model.max_txt_len and model.num_query_token must be positive")
+
+
+    def missing_files(self) -> List[str]:
+        """Every configured weight/prompt path that does not exist, described for the user."""
+        from pathlib import Path
+
+        checks = [
+            ("vit_path", self.vit_path, "vision-encoder weights: eva_vit_g.pth, a MedCLIP checkpoint or an HF Swin folder"),
+            ("q_former_model", self.q_former_model, "BLIP-2 Q-Former weights, blip2_pretrained_flant5xxl.pth"),
+            ("llama_model", self.llama_model and str(Path(self.llama_model) / "config.json"), "LLM folder with config.json, tokenizer.model and the weight shards"),
+            ("tokenizer", self.tokenizer, "HF tokenizer folder or SentencePiece .model file"),
+            ("ckpt", self.ckpt, "trained checkpoint (llama_proj ...), .pth or .safetensors"),
+            ("prompt_path", self.prompt_path, "prompt file"),
+        ]
+        return [f"model.{key} -> {path} ({what})" for key, path, what in checks if path and not Path(path).exists()]
 
 
 def validate_section(schema: Type[T], cfg: Mapping[str, Any] | DictConfig | None, section: str) -> T:

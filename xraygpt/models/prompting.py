@@ -42,12 +42,21 @@ def split_at_image(prompt: str) -> List[str]:
 
 
 def read_prompt_file(path: str, template: str) -> List[str]:
-    """Lines of a prompt file that contain ``<ImageHere>``, put into the template (the original's prompt_list)."""
+    """Full prompts from a file, one per line (the original's prompt_list).
+
+    Lines in the original form ``<Img><ImageHere></Img> Describe ...`` are used as they are;
+    plain instruction lines get the image tag and one space in front.  Blank and ``#`` lines are skipped.
+    """
     with open(path, encoding="utf-8") as handle:
-        lines = [line for line in handle.read().splitlines() if IMAGE_PLACEHOLDER in line]
-    if not lines:
-        raise ValueError(f"prompt file {path} has no line containing {IMAGE_PLACEHOLDER}")
-    return [template.format(line) for line in lines]
+        lines = [line.strip() for line in handle.read().splitlines()]
+    prompts = [
+        wrap_prompt(line if IMAGE_PLACEHOLDER in line else " " + line, template)
+        for line in lines
+        if line and not line.startswith("#")
+    ]
+    if not prompts:
+        raise ValueError(f"prompt file {path} holds no prompts")
+    return prompts
 
 
 @dataclass

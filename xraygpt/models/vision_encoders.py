@@ -62,6 +62,13 @@ def resize_position_embedding(pos_embed: torch.Tensor, num_patches: int) -> torc
 
 
 # ----------------------------------------------------------------------- EVA
+def _zero_key_part(grad: torch.Tensor) -> torch.Tensor:
+    width = grad.shape[0] // 3
+    grad = grad.clone()
+    grad[width : 2 * width] = 0
+    return grad
+
+
 @dataclass
 class EvaViTSettings:
     """EVA ViT-g/14 as BLIP-2 builds it (39 of EVA-CLIP-g's 40 blocks)."""
@@ -91,12 +98,16 @@ class EvaViTG(nn.Module):
             layer_norm_eps=settings.layer_norm_eps,
             qkv_bias=True,
             attention_dropout=0.0,
+            initializer_range=0.02,  # the class default (1e-10) makes random test models degenerate
         )
         self.settings = settings
         self.vit = Blip2VisionModel(config)
         # BLIP-2 reads the un-normalised last block; ln_vision (eps 1e-5) follows outside.
         del self.vit.post_layernorm
         self.num_features = settings.width
+        # EVA has no key bias: keep that third of the qkv bias at zero if the ViT is ever trained.
+        for layer in self.vit.encoder.layers:
+            layer.self_attn.qkv.bias.register_hook(_zero_key_part)
 
     @classmethod
     def build(cls, image_size: int, vision_config: Mapping[str, Any], weights: Optional[str], use_grad_checkpoint: bool, drop_path_rate: float) -> "EvaViTG":

@@ -1,0 +1,10 @@
+"""Launcher: see `python Data_Creation_Scripts/merge_datasets.py --help` and docs/data_creation.md."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from xraygpt.data_creation.cli import merge_main  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(merge_main())
