@@ -166,6 +166,25 @@ def test_capture_is_reused_between_calls(llama):
     assert torch.equal(second[:, :8], first)
 
 
+def test_streamer_receives_every_token_in_order(llama):
+    class Collector:
+        def __init__(self):
+            self.tokens, self.ended = [], False
+
+        def put(self, value):
+            self.tokens += value.tolist()
+
+        def end(self):
+            self.ended = True
+
+    embeds, mask = _prompt(batch=1)
+    streamer = Collector()
+    out = fast_generate(llama, embeds, mask, max_new_tokens=9, do_sample=False, streamer=streamer)
+    assert streamer.tokens == out[0].tolist() and streamer.ended
+    with pytest.raises(ValueError, match="batch size 1"):
+        fast_generate(llama, *_prompt(), max_new_tokens=2, streamer=Collector())
+
+
 def test_unsupported_requests_go_to_hf_generate(llama):
     assert unsupported_reason({"max_new_tokens": 5, "num_beams": 3}) == "beam search"
     assert "unsupported" in unsupported_reason({"max_new_tokens": 5, "no_repeat_ngram_size": 3})
