@@ -8,7 +8,6 @@ dataset is a YAML file plus a three-line subclass.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from xraygpt.common.registry import registry
+from xraygpt.common.registry import did_you_mean, registry
 from xraygpt.datasets.annotations import AnnotationError, Issue, Record, parse_annotations
 from xraygpt.datasets.caption_dataset import ImageTextDataset, check_policy
 from xraygpt.datasets.prompts import load_prompts
@@ -180,8 +179,7 @@ def _reject_unknown(section: Mapping[str, Any], schema: type, where: str) -> Non
     known = [f.name for f in dataclasses.fields(schema)]
     for key in section:
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" — did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(key, known)
             raise AnnotationError(f"unknown key {where}.{key}{hint} (known: {', '.join(known)})")
 
 
