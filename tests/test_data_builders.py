@@ -111,6 +111,15 @@ def test_config_errors_are_specific(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="training annotations .*filter_cap.json not found"):
         _build("medvqa", tmp_path / "empty")
+    with pytest.raises(AnnotationError, match="unknown split 'extra'"):
+        _build("medvqa", tmp_path / "empty", build_info={"ann_files": {"extra": "x.json"}})
+
+
+def test_evaluation_only_dataset_without_train_file(tmp_path):
+    root = _merged_folder(tmp_path)
+    (root / "filter_cap.json").rename(root / "held_out.json")
+    datasets = _build("medvqa", root, build_info={"ann_files": {"train": None, "test": "held_out.json"}})
+    assert set(datasets) == {"test"} and len(datasets["test"]) == 6
 
 
 def test_bad_entries_error_or_skip_with_count(tmp_path, caplog):
@@ -162,3 +171,14 @@ def test_config_layering_selects_dataset_defaults(tmp_path):
     section = Config({"cfg_path": str(cfg_path)}).datasets_cfg.openi
     assert section.build_info.storage == "/data/openi" and section.build_info.image_dir == "image"
     assert section.vis_processor.train == {"name": "blip2_image_train", "image_size": 96}
+
+
+def test_tasks_filter_keeps_listed_entry_types(tmp_path):
+    root = _merged_folder(tmp_path, n=3)
+    entries = json.loads((root / "filter_cap.json").read_text())
+    for entry, task in zip(entries, ["report", "vqa", "vqa"]):
+        entry["task"] = task
+    (root / "filter_cap.json").write_text(json.dumps(entries))
+    assert len(_build("medvqa", root)["train"]) == 3
+    reports = _build("medvqa", root, build_info={"tasks": ["report"]})["train"]
+    assert [r.task for r in reports.records] == ["report"]

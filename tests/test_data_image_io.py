@@ -226,3 +226,34 @@ def test_every_shared_sample_kind_gives_the_same_tensor_shape(sample_data_dir):
     for path in paths:
         tensor = eval_proc(load_medical_image(path))
         assert tensor.shape == (3, 224, 224) and tensor.isfinite().all(), path
+
+
+def test_extension_never_overrides_content(tmp_path):
+    """A PNG named .dcm loads as PNG; a DICOM named .png loads as DICOM."""
+    png_as_dcm = _save(tmp_path, Image.fromarray(GRADIENT, "L"), "scan.dcm", format="PNG")
+    assert np.array_equal(np.asarray(load_medical_image(png_as_dcm))[..., 0], GRADIENT)
+    dicom_as_png = _write_dicom(tmp_path / "film.png", np.tile(np.arange(16, dtype=np.uint16), (16, 1)))
+    assert np.asarray(load_medical_image(dicom_as_png))[0, 15, 0] == 255
+    junk_dcm = tmp_path / "junk.dcm"
+    junk_dcm.write_bytes(b"\x00\x01garbage" * 10)
+    with pytest.raises(ImageLoadError, match="junk.dcm: neither a recognised image nor a readable DICOM"):
+        load_medical_image(junk_dcm)
+
+
+@pytest.mark.parametrize(
+    "name,size",
+    [("examples_palette.dcm", (800, 350)), ("examples_ybr_color.dcm", (320, 240)), ("SC_rgb_rle_2frame.dcm", (100, 100))],
+)
+def test_colour_dicom_from_the_pydicom_wheel(name, size):
+    """Palette, YBR and multi-frame colour DICOM (files bundled inside pydicom; read from disk, never downloaded)."""
+    from pathlib import Path
+
+    import pydicom.data
+
+    path = Path(pydicom.data.__file__).parent / "test_files" / name
+    if not path.is_file():
+        pytest.skip(f"{name} not bundled with this pydicom")
+    image = load_medical_image(path)
+    arr = np.asarray(image).astype(int)
+    assert image.mode == "RGB" and image.size == size
+    assert np.abs(arr[..., 0] - arr[..., 2]).mean() > 1  # real colour survived, not collapsed to grey

@@ -132,3 +132,16 @@ def test_cli_refuses_to_overwrite_and_reports_speed(tmp_path, capsys):
 def test_cli_rejects_bad_prevalence(bad):
     with pytest.raises(SystemExit, match="--prevalence expects NAME=P"):
         P.main(["--out", "unused", "--prevalence", bad])
+
+
+def test_project_labeler_reads_phantom_reports_as_their_ground_truth():
+    """The CheXpert-style labeler that scores generated reports must agree with the phantoms' labels."""
+    labeler = pytest.importorskip("xraygpt.evaluation.chexpert_labeler")
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        findings = P.sample_findings(rng)
+        report = P.write_report(findings, rng)
+        truth, labelled = findings.labels(), labeler.label_report(report)
+        for name in ("Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Lung Lesion", "Consolidation", "No Finding"):
+            assert int(labelled[name] == 1) == truth[name], (name, report, labelled[name])
+        assert not [k for k, v in labelled.items() if v == 1 and k not in truth], report

@@ -90,7 +90,7 @@ def test_shared_bad_annotation_files(sample_data_dir, capsys):
 def test_config_and_missing_paths(tmp_path, capsys):
     root = _folder(tmp_path / "data", [{"image": "img/a.png", "prompt": "q", "caption": "c"}])
     cfg = tmp_path / "job.yaml"
-    cfg.write_text(f"datasets:\n  medvqa:\n    build_info: {{storage: {root}}}\n")
+    cfg.write_text("datasets:\n  medvqa:\n    build_info: {storage: '${cfg_dir:}/data'}\n")
     assert _run(capsys, cfg)[0] == 0
     code, out = _run(capsys, tmp_path / "nothing")
     assert code == 2 and "does not exist" in out.err

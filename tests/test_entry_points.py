@@ -8,7 +8,7 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 
-@pytest.mark.parametrize("module", ["xraygpt.train", "xraygpt.demo", "xraygpt.evaluate"])
+@pytest.mark.parametrize("module", ["xraygpt.train", "xraygpt.demo", "xraygpt.evaluate", "xraygpt.generate"])
 def test_every_entry_point_documents_its_flags(module):
     parser = importlib.import_module(module).build_parser()
     text = parser.format_help()

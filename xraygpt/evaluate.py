@@ -68,15 +68,6 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-def build_model(cfg: Config, device: str):
-    from xraygpt.common.registry import registry
-
-    if "arch" not in cfg.model_cfg:
-        raise ConfigError(f"{cfg.cfg_path} has no model.arch: name the model to evaluate (e.g. mini_gpt4)")
-    model = registry.get_model_class(cfg.model_cfg.arch).from_config(cfg.model_cfg)
-    return model.to(device).eval()
-
-
 def build_splits(cfg: Config, splits: Sequence[str]) -> List[tuple]:
     """``[(dataset name, split, Dataset), ...]`` for every configured dataset that has the split."""
     from xraygpt.common.registry import registry
@@ -189,6 +180,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     device = resolve_device(args.device or run.device)
     out_dir = Path(args.out) if args.out else Path(run.output_dir) / "eval"
     generation_kwargs = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
+
+    from xraygpt.conversation.loading import build_model
 
     model = build_model(cfg, device)
     records, skipped = generate_records(model, build_splits(cfg, splits), batch_size, generation_kwargs,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import logging
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -24,7 +23,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from xraygpt.common.registry import registry
+from xraygpt.common.registry import did_you_mean, registry
 from xraygpt.common.schema import RunConfig
 
 logger = logging.getLogger(__name__)
@@ -115,8 +114,7 @@ class Config:
         if model_type is None:
             return None
         if model_type not in path_table:
-            close = difflib.get_close_matches(str(model_type), sorted(path_table), n=1)
-            hint = f" — did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(model_type, path_table)
             raise ConfigError(
                 f"unknown model.model_type '{model_type}' for arch '{model.arch}'{hint} "
                 f"known: {', '.join(sorted(path_table)) or '(none)'}"
@@ -140,8 +138,7 @@ class Config:
         known = [f.name for f in dataclasses.fields(RunConfig)]
         for key in run:
             if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f" — did you mean '{close[0]}'?" if close else ""
+                hint = did_you_mean(key, known)
                 raise ConfigError(f"unknown key run.{key} in {self._source_of('run', key)}{hint}")
         try:
             validated = OmegaConf.merge(schema, run)

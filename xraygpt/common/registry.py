@@ -8,7 +8,7 @@ a name twice is an error instead of a silent overwrite.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Dict, List, TypeVar
+from typing import Any, Callable, Dict, Iterable, List, TypeVar
 
 T = TypeVar("T")
 
@@ -65,8 +65,7 @@ class Registry:
         if name in table:
             return table[name]
         names = sorted(table)
-        close = difflib.get_close_matches(str(name), names, n=1)
-        hint = f" — did you mean '{close[0]}'?" if close else ""
+        hint = did_you_mean(name, names)
         listed = ", ".join(names) if names else "(none)"
         raise RegistryError(f"unknown {kind.replace('_', ' ')} '{name}'{hint} registered: {listed}")
 
@@ -134,10 +133,15 @@ class Registry:
 
     def get_path(self, name: str) -> str:
         if name not in self._paths:
-            close = difflib.get_close_matches(name, sorted(self._paths), n=1)
-            hint = f" — did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(name, self._paths)
             raise RegistryError(f"unknown path '{name}'{hint} registered: {', '.join(sorted(self._paths))}")
         return self._paths[name]
+
+
+def did_you_mean(name: object, choices: Iterable[str]) -> str:
+    """`` — did you mean 'x'?`` for the closest of ``choices``, or an empty string."""
+    close = difflib.get_close_matches(str(name), sorted(choices), n=1)
+    return f" — did you mean '{close[0]}'?" if close else ""
 
 
 def _qualname(obj: Any) -> str:

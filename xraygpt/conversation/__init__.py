@@ -1,1 +1,2 @@
-"""Filled in by its issue; imported by xraygpt/__init__.py for registration."""
+"""Conversation templates and the multi-turn image chat."""
+from xraygpt.conversation import templates  # noqa: F401  (registers the templates)

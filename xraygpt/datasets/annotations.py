@@ -39,6 +39,8 @@ class Record:
     split: Optional[str] = None
     source: str = ""
     """``file[entry]`` the record came from, for error messages."""
+    task: Optional[str] = None
+    """Optional ``task`` field of the entry (the phantoms write ``report`` or ``vqa``)."""
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ def _parse_entry(
     if not isinstance(entry, dict):
         return None, [Issue("error", where, f"entry must be an object, got {type(entry).__name__}")]
     problems: List[Issue] = []
-    for field in ("caption", "prompt", "image", "image_id", "split"):
+    for field in ("caption", "prompt", "image", "image_id", "split", "task"):
         if field in entry and not isinstance(entry[field], str):
             shown = "null" if entry[field] is None else f"{type(entry[field]).__name__} {json.dumps(entry[field])[:40]}"
             problems.append(Issue("error", where, f"field '{field}' must be a string, got {shown}"))
@@ -155,7 +157,7 @@ def _parse_entry(
         prompt = pick_prompt(prompts, image_id, prompt_seed)
     else:
         return None, [Issue("error", where, "missing field 'prompt' and no prompt file configured")]
-    return Record(image_path, prompt, entry["caption"], str(image_id), entry.get("split"), where), []
+    return Record(image_path, prompt, entry["caption"], str(image_id), entry.get("split"), where, entry.get("task")), []
 
 
 class _ImageResolver:

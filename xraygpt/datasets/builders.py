@@ -8,7 +8,6 @@ dataset is a YAML file plus a three-line subclass.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from xraygpt.common.registry import registry
+from xraygpt.common.registry import did_you_mean, registry
 from xraygpt.datasets.annotations import AnnotationError, Issue, Record, parse_annotations
 from xraygpt.datasets.caption_dataset import ImageTextDataset, check_policy
 from xraygpt.datasets.prompts import load_prompts
@@ -33,10 +32,11 @@ _SPLIT_ALIASES = {"valid": "val", "validation": "val", "dev": "val", "eval": "va
 class BuildInfo:
     storage: str = ""
     """Dataset folder (relative paths are taken from the working directory)."""
-    ann_files: Dict[str, str] = field(
+    ann_files: Dict[str, Optional[str]] = field(
         default_factory=lambda: {"train": "filter_cap.json", "val": "filter_cap_val.json", "test": "filter_cap_test.json"}
     )
-    """Annotation file per split, relative to ``storage``; missing val/test files are simply absent splits."""
+    """Annotation file per split, relative to ``storage``; missing val/test files are simply absent splits.
+    ``train: null`` declares an evaluation-only dataset (otherwise a missing train file is an error)."""
     image_dir: str = "image"
     """Folder of ``<image_id>.<ext>`` images for the ``image_id`` schema, relative to ``storage``."""
     image_ext: Optional[str] = None
@@ -45,6 +45,8 @@ class BuildInfo:
     """Prompts for entries without one; relative paths are tried in the working directory, then the package."""
     prompt_seed: int = 0
     """Seed of the per-sample prompt choice."""
+    tasks: Optional[List[str]] = None
+    """Keep only entries whose ``task`` field is listed (e.g. ``[report]``); ``null`` keeps everything."""
 
 
 @dataclass
@@ -111,8 +113,13 @@ class ImageTextBuilder:
     def _records_by_split(self, storage: Path, info: BuildInfo) -> Dict[str, List[Record]]:
         prompts = load_prompts(info.prompt_path) if info.prompt_path else None
         out: Dict[str, List[Record]] = {}
+        unknown = [key for key in info.ann_files if _SPLIT_ALIASES.get(key, key) not in SPLITS]
+        if unknown:
+            raise AnnotationError(f"datasets.{self.NAME}.build_info.ann_files: unknown split '{unknown[0]}' (use train, val, test)")
         for split, ann_name in info.ann_files.items():
             split = _SPLIT_ALIASES.get(split, split)
+            if ann_name is None:
+                continue
             ann_path = storage / ann_name
             if not ann_path.is_file():
                 if split == "train":
@@ -129,6 +136,8 @@ class ImageTextBuilder:
                 prompt_seed=info.prompt_seed,
             )
             self._handle_issues(ann_path, issues)
+            if info.tasks is not None:
+                records = [record for record in records if record.task in info.tasks]
             for record in records:
                 # A `split` field inside the file wins over the file's own split.
                 target = _SPLIT_ALIASES.get(record.split, record.split) if record.split else split
@@ -170,8 +179,7 @@ def _reject_unknown(section: Mapping[str, Any], schema: type, where: str) -> Non
     known = [f.name for f in dataclasses.fields(schema)]
     for key in section:
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" — did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(key, known)
             raise AnnotationError(f"unknown key {where}.{key}{hint} (known: {', '.join(known)})")
 
 

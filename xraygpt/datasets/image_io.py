@@ -58,16 +58,28 @@ def load_medical_image(source: ImageSource) -> Image.Image:
     name, data = _read_bytes(source)
     if not data:
         raise ImageLoadError(name, "file is empty (0 bytes)")
-    if _looks_like_dicom(name, data):
+    if data[128:132] == b"DICM":  # Part-10 files: "DICM" after a 128-byte preamble
         image = _load_dicom(name, data)
     else:
-        image = _load_raster(name, data)
+        try:
+            image = _load_raster(name, data)
+        except _Unrecognised:
+            if Path(name).suffix.lower() not in _DICOM_SUFFIXES:
+                raise
+            try:  # a raw DICOM data set without the Part-10 preamble?
+                image = _load_dicom(name, data)
+            except ImageLoadError as exc:
+                raise ImageLoadError(name, f"neither a recognised image nor a readable DICOM data set ({exc.reason})") from None
     if min(image.size) < MIN_SIDE:
         w, h = image.size
         raise ImageLoadError(
             name, f"image is {w}x{h} pixels, smaller than the {MIN_SIDE}-pixel minimum side (degenerate image)"
         )
     return image
+
+
+class _Unrecognised(ImageLoadError):
+    """Pillow does not know the content; a ``.dcm`` file then gets a second try as raw DICOM."""
 
 
 # --------------------------------------------------------------------- input
@@ -88,18 +100,13 @@ def _read_bytes(source: ImageSource) -> tuple[str, bytes]:
         raise ImageLoadError(path, f"file cannot be read ({exc.strerror or exc})") from exc
 
 
-def _looks_like_dicom(name: str, data: bytes) -> bool:
-    # Part-10 files carry "DICM" after a 128-byte preamble; raw datasets only have their suffix.
-    return data[128:132] == b"DICM" or Path(name).suffix.lower() in _DICOM_SUFFIXES
-
-
 # -------------------------------------------------------------- PNG / JPEG
 def _load_raster(name: str, data: bytes) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
     except UnidentifiedImageError:
-        raise ImageLoadError(name, f"not a recognised image (content starts with {data[:16]!r}); expected PNG, JPEG or DICOM") from None
+        raise _Unrecognised(name, f"not a recognised image (content starts with {data[:16]!r}); expected PNG, JPEG or DICOM") from None
     except Image.DecompressionBombError as exc:
         raise ImageLoadError(name, f"image too large to decode safely ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -147,7 +154,15 @@ def _load_dicom(name: str, data: bytes) -> Image.Image:
         raise ImageLoadError(name, "DICOM file has no pixel data (PixelData element missing)")
     try:
         arr = ds.pixel_array
-    except Exception as exc:  # pydicom raises ValueError/RuntimeError/NotImplementedError by codec
+    except (RuntimeError, NotImplementedError) as exc:  # pydicom: no plugin for this compression
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        syntax_name = getattr(syntax, "name", syntax) or "unknown transfer syntax"
+        raise ImageLoadError(
+            name,
+            f"no decoder for compressed DICOM ({syntax_name}); install pylibjpeg with pylibjpeg-openjpeg/-libjpeg "
+            f"or python-gdcm ({exc})",
+        ) from None
+    except Exception as exc:  # ValueError and friends: the pixel bytes do not match the header
         raise ImageLoadError(name, f"DICOM pixel data cannot be decoded, file truncated or corrupt ({exc})") from None
 
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)

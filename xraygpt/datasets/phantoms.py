@@ -19,6 +19,7 @@ Conventions: image left = patient right (PA view); pixel spacing is about
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -31,6 +32,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
+
+from xraygpt.datasets.prompts import load_prompts
 
 SIDES = ("right", "left")
 EFFUSION_SIZES = ("small", "moderate", "large")
@@ -301,7 +304,7 @@ def _draw_anatomy(findings: Findings, a: _Anatomy, rng: np.random.Generator) -> 
     image = image + 0.12 * _ramp(0.035 * s - np.abs(x - a.cx), 0.008 * s) * vertebrae * _ramp(y - 0.04 * s, soft)
     phase = ((y - a.apex_y + 0.2 * a.rib_spacing - a.rib_curve * (x - a.cx) ** 2) / a.rib_spacing) % 1.0
     ribs = np.clip(1.0 - np.abs(phase - 0.5) / 0.18, 0.0, 1.0)
-    in_chest = _ramp(1.0 - ((x - a.cx) / (a.thorax_half * 1.02)) ** 2 - 0.0, 0.15) * _ramp(a.dome_y + 0.05 * s - y, soft)
+    in_chest = _ramp(1.0 - ((x - a.cx) / (a.thorax_half * 1.02)) ** 2, 0.15) * _ramp(a.dome_y + 0.05 * s - y, soft)
     image = image + 0.09 * ribs * in_chest
     clav_y = a.apex_y + 0.02 * s - 0.22 * np.abs(x - a.cx)
     clavicles = _ramp(0.016 * s - np.abs(y - clav_y), 0.008 * s) * _ramp(np.abs(x - a.cx) - 0.04 * s, 0.008 * s)
@@ -369,7 +372,7 @@ def write_report(f: Findings, rng: np.random.Generator) -> str:
     if f.lesion:
         impression.append(f"{f.lesion.size_mm} mm {f.lesion.lobe} {f.lesion.kind}.")
     if f.consolidation:
-        impression.append(f"{f.consolidation.capitalize()} consolidation, concerning for pneumonia.")
+        impression.append(f"{f.consolidation.capitalize()} consolidation.")  # no "pneumonia": not a labelled finding
     if not impression:
         impression.append(_pick(rng, ["No acute cardiopulmonary abnormality.", "Normal chest radiograph.", "No acute cardiopulmonary process."]))
     return f"Findings: {' '.join(sentences)} Impression: {' '.join(impression)}"
@@ -422,23 +425,23 @@ def vqa_pairs(f: Findings, rng: np.random.Generator, k: int = 2) -> List[Tuple[s
     return [(QUESTIONS[keys[i]][0], QUESTIONS[keys[i]][1](f)) for i in sorted(chosen)]
 
 
-REPORT_PROMPTS = (
-    "Describe the findings in this chest x-ray.",
-    "Write a radiology report for this chest radiograph.",
-    "What are the findings and the impression?",
-    "Please describe this chest radiograph in detail.",
-)
-
-
 # ------------------------------------------------------------------- dataset
 def make_sample(index: int, seed: int, size: int = 256, prevalence: Optional[Dict[str, float]] = None, vqa_per_image: int = 2):
-    """Everything for phantom ``index``: (pixels, findings, report, vqa pairs, report prompt)."""
+    """Everything for phantom ``index``: (pixels, findings, report, vqa pairs, report prompt).
+
+    The report prompt is one of the shipped report prompts (configs/prompts/report.txt).
+    """
     rng = np.random.default_rng([seed, index])
     findings = sample_findings(rng, prevalence)
     pixels = draw_phantom(findings, rng, size)
     report = write_report(findings, rng)
     pairs = vqa_pairs(findings, rng, vqa_per_image)
-    return pixels, findings, report, pairs, _pick(rng, REPORT_PROMPTS)
+    return pixels, findings, report, pairs, _pick(rng, _report_prompts()).strip()
+
+
+@functools.lru_cache(maxsize=1)
+def _report_prompts() -> tuple:
+    return tuple(load_prompts())
 
 
 def _split_of(index: int, seed: int, val_fraction: float, test_fraction: float) -> str:

@@ -115,8 +115,10 @@ def targets_for(path: Path, image_dir: Optional[Path] = None) -> List[Target]:
 def _targets_from_config(path: Path) -> List[Target]:
     from omegaconf import OmegaConf
 
+    from xraygpt.common.config import _register_cfg_dir_resolver
     from xraygpt.common.registry import registry
 
+    _register_cfg_dir_resolver(path.resolve().parent)  # configs may write storage: ${cfg_dir:}/data
     datasets = OmegaConf.load(path).get("datasets") or {}
     if not datasets:
         raise ValueError(f"{path} has no datasets section")
@@ -126,7 +128,7 @@ def _targets_from_config(path: Path) -> List[Target]:
         info = builder.config.build_info
         storage = Path(info.storage)
         for ann_name in info.ann_files.values():
-            if (storage / ann_name).is_file() or ann_name == info.ann_files.get("train"):
+            if ann_name and ((storage / ann_name).is_file() or ann_name == info.ann_files.get("train")):
                 targets.append(Target(storage / ann_name, storage / info.image_dir, info.image_ext, info.prompt_path))
     return targets
 

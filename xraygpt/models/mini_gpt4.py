@@ -17,6 +17,7 @@ from torch import nn
 
 from xraygpt.common.registry import registry
 from xraygpt.models import key_maps
+from xraygpt.models.caption_loss import caption_lm_loss
 from xraygpt.models.checkpoint_io import (
     CheckpointError,
     check_shapes,
@@ -24,6 +25,7 @@ from xraygpt.models.checkpoint_io import (
     save_original_pth,
     save_safetensors,
 )
+from xraygpt.models.fast_generation import GraphedCall
 from xraygpt.models.generation import clean_answer, run_in_thread, stream_until, strip_leading_special, trim_generated
 from xraygpt.models.llm import apply_lora, load_language_model, load_tokenizer, resolve_dtype
 from xraygpt.models.model_config import MiniGPT4Config, model_config_from
@@ -35,6 +37,7 @@ from xraygpt.models.prompting import (
     wrap_prompt,
 )
 from xraygpt.models.qformer import build_qformer, init_query_tokens
+from xraygpt.models.regional_compile import compile_decoder_layers
 from xraygpt.models.vision_encoders import FP32LayerNorm
 
 logger = logging.getLogger(__name__)
@@ -84,6 +87,9 @@ class MiniGPT4(nn.Module):
         else:
             self._freeze(self.llama_model, cfg.freeze_llm)
 
+        self._llm_compiled = False
+        frozen_encoders = cfg.freeze_vit and cfg.freeze_qformer
+        self._encoder_graph = GraphedCall(self._encode_qformer) if frozen_encoders else None
         self.prompt_list: List[str] = read_prompt_file(cfg.prompt_path, cfg.prompt_template) if cfg.prompt_path else []
         if cfg.ckpt:
             self.load_checkpoint(cfg.ckpt)
@@ -128,8 +134,16 @@ class MiniGPT4(nn.Module):
     def encode_qformer(self, image: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` -> Q-Former last hidden state ``[B, num_query_token, D_qformer]``.
 
-        Frozen parts run without autograd, so their activations are never kept.
+        Frozen parts run without autograd, so their activations are never kept. Frozen on CUDA, the
+        call is replayed from a CUDA graph per batch shape (fast_generation.GraphedCall): ~70 Python-driven
+        blocks cost more host time than GPU time at small batches.
         """
+        image = image.to(self.device)
+        if image.is_cuda and self._encoder_graph is not None:
+            return self._encoder_graph(image).clone()
+        return self._encode_qformer(image)
+
+    def _encode_qformer(self, image: torch.Tensor) -> torch.Tensor:
         grad = torch.is_grad_enabled()
         with torch.set_grad_enabled(grad and not self.config.freeze_vit):
             image_embeds = self.ln_vision(self.visual_encoder(image.to(self.device)))
@@ -191,13 +205,13 @@ class MiniGPT4(nn.Module):
             self.config.end_sym,
             self.config.max_txt_len,
         )
-        outputs = self.llama_model(
-            inputs_embeds=self._embed(batch, image_embeds),
-            attention_mask=batch.attention_mask.to(self.device),
-            labels=batch.labels.to(self.device),
-            return_dict=True,
-        )
-        return {"loss": outputs.loss, "num_target_tokens": torch.tensor(batch.num_target_tokens)}
+        inputs_embeds = self._embed(batch, image_embeds)
+        if self.config.compile_llm and inputs_embeds.is_cuda and not self._llm_compiled:
+            self._llm_compiled = compile_decoder_layers(self.llama_model) > 0
+        # Only caption positions go through the LM head (same loss as labels=, less work and memory).
+        loss = caption_lm_loss(self.llama_model, inputs_embeds, batch.attention_mask.to(self.device),
+                               batch.labels.to(self.device), fused=self._llm_compiled)
+        return {"loss": loss, "num_target_tokens": torch.tensor(batch.num_target_tokens)}
 
     # ------------------------------------------------------------- generation
     def prepare_generation_inputs(

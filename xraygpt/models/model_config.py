@@ -8,7 +8,6 @@ with the expected type.  Field names follow the original configs.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Type, TypeVar
 
@@ -16,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from xraygpt.common.config import ConfigError
+from xraygpt.common.registry import did_you_mean
 
 T = TypeVar("T")
 
@@ -81,8 +81,12 @@ class MiniGPT4Config:
 
     # Weights of the trained parts (llama_proj, LoRA, ...).
     ckpt: Optional[str] = None
-    use_fast_generation: bool = False
-    """Decode with the CUDA fast path (xraygpt.models.fast_generation) when available."""
+    use_fast_generation: bool = True
+    """On CUDA, decode greedy/sampling requests with a static KV cache and a CUDA-graph step
+    (xraygpt.models.fast_generation); beams and CPU use transformers generate. false = always transformers."""
+    compile_llm: bool = True
+    """On CUDA, torch.compile the LLM's transformer blocks at the first training/eval forward
+    (xraygpt.models.regional_compile; one ~10 s compile, ~1.3x faster steps, less activation memory)."""
 
     def __post_init__(self) -> None:
         if self.llama_model and self.llama_config:
@@ -123,8 +127,7 @@ def validate_section(schema: Type[T], cfg: Mapping[str, Any] | DictConfig | None
     known = [f.name for f in dataclasses.fields(schema)]
     for key in data:
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" — did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(key, known)
             raise ConfigError(f"unknown key {section}.{key}{hint} (known: {', '.join(known)})")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), data)

@@ -1,0 +1,179 @@
+"""``python -m xraygpt.generate``: write a report for every image, one JSON line each.
+
+Resumable: images that already have a report in ``--out`` are skipped, and
+each batch is appended and flushed as soon as it is done, so an interrupted
+run loses at most the batch in flight.  Images that cannot be read get an
+``error`` line (retried on the next run) and make the exit code 1.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, List, Sequence, Set
+
+from xraygpt.common.cli import run_cli, setup_logging
+from xraygpt.common.config import Config, ConfigError, add_config_arguments
+from xraygpt.conversation.generation import GenerationSettings
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff")
+DEFAULT_PROMPT = "<Img><ImageHere></Img> Describe the given chest x-ray image in detail."
+
+
+def collect_images(sources: Sequence[str]) -> List[Path]:
+    """Expand folders (their image files, recursively), globs, ``.txt`` lists and plain files; keep order, drop repeats."""
+    found: List[Path] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.suffix.lower() == ".txt" and path.is_file():
+            lines = [line.strip() for line in path.read_text().splitlines()]
+            found.extend((path.parent / line) if not Path(line).is_absolute() else Path(line) for line in lines if line)
+        elif glob.has_magic(source):
+            matches = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
+            if not matches:
+                raise FileNotFoundError(f"--images pattern {source!r} matches no file")
+            found.extend(matches)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"--images entry {source!r} is not a file, folder, glob or .txt list")
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        raise FileNotFoundError(f"no images found in {list(sources)} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return unique
+
+
+def finished_images(out: Path) -> Set[str]:
+    """Images with a report in ``out``; a torn last line (from a crash) is cut off first."""
+    if not out.exists():
+        return set()
+    data = out.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        logger.warning("%s ends in an incomplete line (interrupted run); removing its %d bytes", out, len(data) - keep)
+        with out.open("r+b") as handle:
+            handle.truncate(keep)
+        data = data[:keep]
+    done = set()
+    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{out}:{number} is not JSON ({exc}); fix or move the file to start over") from exc
+        if "report" in record:
+            done.add(_key(record["image"]))
+    return done
+
+
+def _key(path: str | Path) -> str:
+    """Resume matches images by absolute path, however they were named on the command line."""
+    return str(Path(path).resolve())
+
+
+def batches(items: Sequence[Path], size: int) -> Iterable[List[Path]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Generate a report for each image into a JSON-lines file (resumable).")
+    add_config_arguments(parser)
+    parser.add_argument("--images", nargs="+", required=True, help="image files, folders, glob patterns or .txt lists")
+    parser.add_argument("--out", required=True, type=Path, help="JSON-lines output; existing reports are kept and skipped")
+    parser.add_argument(
+        "--prompt", default=DEFAULT_PROMPT,
+        help="question asked about every image, put into the model's prompt template (the text follows </Img> as written)",
+    )
+    parser.add_argument("--batch-size", type=int, default=4, help="images per generate call (default 4)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda:<gpu-id> if available)")
+    parser.add_argument("--gpu-id", type=int, default=None, help="CUDA device index (when --device is not given)")
+    defaults = GenerationSettings()
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="longest report, in tokens")
+    parser.add_argument("--num-beams", type=int, default=defaults.num_beams, help="beam-search width (1 = none)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy/beam search (default)")
+    parser.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus sampling mass (with --temperature > 0)")
+    parser.add_argument(
+        "--repetition-penalty", type=float, default=defaults.repetition_penalty, help="> 1 discourages repeats"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv: List[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, temperature=args.temperature,
+        top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+    )
+    images = collect_images(args.images)
+    done = finished_images(args.out)
+    todo = [path for path in images if _key(path) not in done]
+    logger.info("%d images: %d already in %s, %d to do", len(images), len(images) - len(todo), args.out, len(todo))
+    if not todo:
+        return 0
+
+    import torch
+    from tqdm import tqdm
+
+    from xraygpt.conversation.loading import load_model_and_processor, pick_device
+    from xraygpt.datasets.image_io import ImageLoadError, load_medical_image
+
+    cfg = Config(args)
+    device = pick_device(args.device, args.gpu_id)
+    model, processor = load_model_and_processor(cfg, device)
+    run_settings = {**settings.as_dict(), "batch_size": args.batch_size, "cfg_path": str(args.cfg_path), "device": str(device)}
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    with args.out.open("a", encoding="utf-8") as out, tqdm(total=len(todo), disable=args.no_progress, unit="img") as bar:
+        for batch in batches(todo, args.batch_size):
+            pixels, readable = [], []
+            for path in batch:
+                try:
+                    pixels.append(processor(load_medical_image(path)))
+                    readable.append(path)
+                except ImageLoadError as exc:
+                    failures += 1
+                    logger.error("%s", exc)
+                    out.write(json.dumps({"image": str(path), "image_id": path.stem, "error": str(exc)}) + "\n")
+            if readable:
+                start = time.perf_counter()
+                with torch.inference_mode():
+                    reports = model.generate(
+                        torch.stack(pixels).to(device), [args.prompt] * len(readable), **settings.generate_kwargs()
+                    )
+                seconds = time.perf_counter() - start
+                stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                for path, report in zip(readable, reports):
+                    record = {
+                        "image": str(path), "image_id": path.stem, "prompt": args.prompt, "report": report,
+                        "seconds": round(seconds / len(readable), 4), "batch_seconds": round(seconds, 4),
+                        "created": stamp, "settings": run_settings,
+                    }
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+            bar.update(len(batch))
+    logger.info("wrote %d reports to %s; %d images could not be read", len(todo) - failures, args.out, failures)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
+
+
+def cli() -> None:
+    """Console-script entry point."""
+    run_cli(main)
