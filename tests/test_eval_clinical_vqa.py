@@ -84,3 +84,12 @@ def test_score_vqa_splits_closed_and_open():
     assert [item["type"] for item in result["per_item"]] == ["closed", "closed", "open", "open"]
     with pytest.raises(ValueError, match="2 answers but 1"):
         score_vqa(["a", "b"], ["a"])
+
+
+def test_sentence_answers_starting_with_yes_or_no_are_closed():
+    result = score_vqa(
+        ["No, there is no pleural effusion.", "No, there is no pneumothorax.", "The heart is enlarged."],
+        ["No, there is no pleural effusion.", "Yes, there is a small right pneumothorax.", "The heart size is normal."],
+    )
+    assert result["n_closed"] == 2 and result["closed_accuracy"] == pytest.approx(0.5)
+    assert result["n_open"] == 1

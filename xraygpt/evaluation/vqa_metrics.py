@@ -1,7 +1,7 @@
 """VQA scores: exact-match accuracy for closed (yes/no) questions, token F1 for open ones.
 
-A question is *closed* when its reference answer normalises to "yes" or "no" (the VQA-RAD / SLAKE
-convention). A generated answer is read as yes/no from its first word ("Yes, there is a small
+A question is *closed* when its reference answer is "yes" or "no" (the VQA-RAD / SLAKE convention) or
+starts with one ("No, there is no pleural effusion.", as the phantom and offline OpenI items answer). A generated answer is read as yes/no from its first word ("Yes, there is a small
 effusion." -> yes), so a chatty model is not penalised for explaining itself. Open answers are
 compared with SQuAD-style token F1 after lower-casing and removing punctuation and articles.
 """
@@ -29,7 +29,8 @@ def closed_answer(text: str) -> Optional[str]:
 
 
 def is_closed(reference: str) -> bool:
-    return normalise_answer(reference) in ("yes", "no")
+    words = normalise_answer(reference).split()
+    return bool(words) and words[0] in ("yes", "no")
 
 
 def token_f1(prediction: str, reference: str) -> float:
@@ -53,7 +54,7 @@ def score_vqa(predictions: Sequence[str], references: Sequence[str]) -> Dict[str
     open_exact: List[float] = []
     for pred, ref in zip(predictions, references):
         if is_closed(ref):
-            score = float(closed_answer(pred) == normalise_answer(ref))
+            score = float(closed_answer(pred) == closed_answer(ref))
             closed_hits.append(score)
             per_item.append({"type": "closed", "score": score})
         else:
