@@ -17,6 +17,8 @@ TINY = [
     "datasets.phantoms.vis_processor.train.image_size=32", "datasets.phantoms.vis_processor.eval.image_size=32",
     "run.batch_size_train=4", "run.batch_size_eval=8", "run.max_epoch=1", "run.iters_per_epoch=3",
     "run.num_workers=0", "run.log_freq=1", "run.warmup_steps=1",
+    # random-init encoders: stage 1 (tests/test_encoder_pretraining.py) is not needed to test stage 2's mechanics
+    "model.vit_path=null", "model.q_former_model=null",
 ]
 
 
