@@ -108,3 +108,30 @@ def test_stage_one_needs_target_paths_and_labels(phantom_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="labels.json"):
         enc.run_encoder_pretraining(_config(phantom_dir, tmp_path), labels_file=tmp_path / "labels.json")
     assert not (tmp_path / "pretrained").exists()  # nothing half-written
+
+
+def test_quickstart_runs_both_stages_and_scores(tmp_path, capsys):
+    """The README's first command, shrunk: data, tokenizer, stage 1, stage 2 (cached features), evaluation."""
+    from xraygpt.quickstart import main
+
+    data = tmp_path / "phantoms"
+    options = [
+        f"datasets.phantoms.build_info.storage={data}", f"model.tokenizer={data}/tokenizer.model",
+        f"model.vit_path={data}/pretrained/eva.pth", f"model.q_former_model={data}/pretrained/blip2.pth",
+        f"run.output_dir={tmp_path}/out", f"run.cache_dir={tmp_path}/cache", *SMALL_IMAGE_PATH,
+        "run.batch_size_train=8", "run.batch_size_eval=16", "run.max_epoch=1", "run.iters_per_epoch=2",
+        "run.warmup_steps=1", "run.valid_max_new_tokens=6",
+    ]
+    argv = ["--phantoms", "40", "--phantom-size", "64", "--vocab-size", "400", "--encoder-steps", "4", "--options", *options]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "finding-level F1" in first and "ground truth:" in first
+    assert (data / "pretrained" / "encoder_pretraining.json").is_file()
+    metrics = json.loads((tmp_path / "out" / "quickstart" / "quickstart_metrics.json").read_text())
+    assert "CE_micro_f1" in metrics and "BLEU-1" in metrics
+    assert list((tmp_path / "cache").rglob("*.safetensors")), "stage 2 trains from cached Q-Former features"
+
+    # A second run reuses data, tokenizer and encoder files (stage 1 is not repeated).
+    stamp = (data / "pretrained" / "eva.pth").stat().st_mtime_ns
+    assert main(argv + ["run.job_id=again"]) == 0
+    assert (data / "pretrained" / "eva.pth").stat().st_mtime_ns == stamp

@@ -49,7 +49,7 @@ def ensure_tokenizer(path: Path, annotations: Path, vocab_size: int) -> None:
     logger.info("trained a %d-piece SentencePiece tokenizer on the phantom reports: %s", vocab_size, path)
 
 
-def ensure_encoder(cfg: Any) -> None:
+def ensure_encoder(cfg: Any, steps: int) -> None:
     """Stage 1, when the config names encoder files that do not exist yet."""
     model_cfg = cfg.model_cfg
     paths = [model_cfg.get("vit_path"), model_cfg.get("q_former_model")]
@@ -59,9 +59,9 @@ def ensure_encoder(cfg: Any) -> None:
     if all(Path(p).is_file() for p in paths):
         logger.info("pretrained tiny encoder found: %s, %s", *paths)
         return
-    from xraygpt.tasks.encoder_pretraining import run_encoder_pretraining
+    from xraygpt.tasks.encoder_pretraining import PretrainSettings, run_encoder_pretraining, training_device
 
-    run_encoder_pretraining(cfg)
+    run_encoder_pretraining(cfg, settings=PretrainSettings(steps=steps, seed=int(cfg.run_cfg.seed), device=training_device(cfg)))
 
 
 def evaluate(cfg: Any, weights: Path, split: str, max_new_tokens: int, annotation_file: Path) -> Dict[str, Any]:
@@ -111,6 +111,7 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--phantoms", type=int, default=2000, help="images to generate when data is absent")
     parser.add_argument("--phantom-size", type=int, default=128, help="side in pixels of generated phantoms")
     parser.add_argument("--vocab-size", type=int, default=2000)
+    parser.add_argument("--encoder-steps", type=int, default=1000, help="stage-1 steps when the encoder files are absent")
     args = parser.parse_args(argv)
     setup_logging()
 
@@ -124,7 +125,7 @@ def main(argv: List[str] | None = None) -> int:
     ensure_phantoms(data_dir, args.phantoms, int(cfg.run_cfg.seed), args.phantom_size)
     ensure_tokenizer(Path(cfg.model_cfg.tokenizer), data_dir / "filter_cap.json", args.vocab_size)
     prepared = time.perf_counter()
-    ensure_encoder(cfg)
+    ensure_encoder(cfg, args.encoder_steps)
     pretrained = time.perf_counter()
 
     state = run_training(cfg)

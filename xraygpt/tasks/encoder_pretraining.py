@@ -170,7 +170,7 @@ def run_encoder_pretraining(cfg: Any, labels_file: Optional[Path] = None, settin
     from xraygpt.processors.base import build_processor
     from xraygpt.train import set_seed
 
-    settings = settings or PretrainSettings(seed=int(cfg.run_cfg.seed), device=_device(cfg))
+    settings = settings or PretrainSettings(seed=int(cfg.run_cfg.seed), device=training_device(cfg))
     model_cfg = cfg.model_cfg
     if not model_cfg.get("vit_path") or not model_cfg.get("q_former_model"):
         raise ValueError("encoder pretraining writes model.vit_path and model.q_former_model: set both in the config")
@@ -198,7 +198,7 @@ def run_encoder_pretraining(cfg: Any, labels_file: Optional[Path] = None, settin
     return summary
 
 
-def _device(cfg: Any) -> str:
+def training_device(cfg: Any) -> str:
     """``run.device``, with CPU when it asks for CUDA and none is present (as the runner does)."""
     wanted = str(cfg.run_cfg.get("device", "cpu"))
     return wanted if not wanted.startswith("cuda") or torch.cuda.is_available() else "cpu"
@@ -220,7 +220,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging()
     cfg = Config(args)
     settings = PretrainSettings(steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=int(cfg.run_cfg.seed),
-                                device=_device(cfg))
+                                device=training_device(cfg))
     run_encoder_pretraining(cfg, args.labels, settings)
     return 0
 
