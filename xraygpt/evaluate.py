@@ -9,7 +9,8 @@ text for each sample of the chosen splits in batches, scores them with
 * ``samples.jsonl``: one line per sample: dataset, split, image id, prompt, prediction, reference,
   per-sample metrics and the CheXpert labels of both texts.
 
-Samples of the datasets named by ``--vqa-datasets`` (or carrying a ``question`` string) are scored as VQA:
+Samples of the datasets named by ``--vqa-datasets`` (or carrying a ``question`` string: entries marked
+``"task": "vqa"`` in the annotations) are scored as VQA:
 the prompt is the question and the ``caption`` the reference answer. Unreadable images follow
 ``run.on_bad_sample``; with ``skip`` they are counted in ``metrics.json`` (``skipped_samples``).
 """
@@ -132,7 +133,8 @@ def generate_records(
                 outputs = model.generate(batch["image"].to(device), prompts, **generation_kwargs)
                 if len(outputs) != len(prompts):
                     raise RuntimeError(f"model.generate returned {len(outputs)} texts for a batch of {len(prompts)}")
-                questions = batch.get("question") or [p if name in vqa_datasets else None for p in prompts]
+                marked = batch.get("question") or [None] * len(prompts)
+                questions = [q or (p if name in vqa_datasets else None) for q, p in zip(marked, prompts)]
                 for i, text in enumerate(outputs):
                     records.append({
                         "dataset": name,

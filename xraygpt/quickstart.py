@@ -21,6 +21,7 @@ from typing import Any, Dict, List
 
 from xraygpt.common.cli import setup_logging
 from xraygpt.common.registry import registry
+from xraygpt.tasks.encoder_pretraining import PretrainSettings
 
 logger = logging.getLogger("xraygpt.quickstart")
 
@@ -59,12 +60,13 @@ def ensure_encoder(cfg: Any, steps: int) -> None:
     if all(Path(p).is_file() for p in paths):
         logger.info("pretrained tiny encoder found: %s, %s", *paths)
         return
-    from xraygpt.tasks.encoder_pretraining import PretrainSettings, run_encoder_pretraining, training_device
+    from xraygpt.tasks.encoder_pretraining import run_encoder_pretraining, training_device
 
-    run_encoder_pretraining(cfg, settings=PretrainSettings(steps=steps, seed=int(cfg.run_cfg.seed), device=training_device(cfg)))
+    settings = PretrainSettings(steps=steps, seed=int(cfg.run_cfg.seed), device=training_device(cfg))
+    run_encoder_pretraining(cfg, settings=settings)
 
 
-def evaluate(cfg: Any, weights: Path, split: str, max_new_tokens: int, annotation_file: Path) -> Dict[str, Any]:
+def evaluate(cfg: Any, weights: Path, split: str, max_new_tokens: int) -> Dict[str, Any]:
     """Generate for every ``split`` sample with the trained weights (``model_best.safetensors``) and score it."""
     from xraygpt.evaluate import generate_records
     from xraygpt.evaluation import score_reports
@@ -77,19 +79,9 @@ def evaluate(cfg: Any, weights: Path, split: str, max_new_tokens: int, annotatio
     model = task.build_model().eval()  # encoders from stage 1's files, the rest from ``weights``
     records, _ = generate_records(model, [("phantoms", split, datasets[split])], int(cfg.run_cfg.batch_size_eval),
                                   {"max_new_tokens": max_new_tokens})
-    mark_vqa(records, annotation_file)
     scores = score_reports([r["prediction"] for r in records], [r["reference"] for r in records],
                            [r["question"] for r in records], meteor=False)
     return {"records": records, "scores": scores}
-
-
-def mark_vqa(records: List[Dict[str, Any]], annotation_file: Path) -> None:
-    """Score question/answer items (``"task": "vqa"`` in the phantom annotations) as VQA: question = prompt."""
-    entries = json.loads(annotation_file.read_text(encoding="utf-8"))
-    vqa = {(e.get("image_id"), str(e.get("prompt")).strip()) for e in entries if e.get("task") == "vqa"}
-    for record in records:
-        if (record["image_id"], record["prompt"].strip()) in vqa:
-            record["question"] = record["prompt"].strip()
 
 
 def print_sample(records: List[Dict[str, Any]]) -> None:
@@ -111,7 +103,8 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--phantoms", type=int, default=2000, help="images to generate when data is absent")
     parser.add_argument("--phantom-size", type=int, default=128, help="side in pixels of generated phantoms")
     parser.add_argument("--vocab-size", type=int, default=2000)
-    parser.add_argument("--encoder-steps", type=int, default=1000, help="stage-1 steps when the encoder files are absent")
+    parser.add_argument("--encoder-steps", type=int, default=PretrainSettings.steps,
+                        help="stage-1 steps when the encoder files are absent")
     args = parser.parse_args(argv)
     setup_logging()
 
@@ -137,8 +130,7 @@ def main(argv: List[str] | None = None) -> int:
 
     split = (list(cfg.run_cfg.test_splits) or ["test"])[0]
     weights = job_dir / "model_best.safetensors"
-    annotation_file = data_dir / dataset_cfg.build_info.ann_files[split]
-    result = evaluate(cfg, weights, split, int(cfg.run_cfg.valid_max_new_tokens), annotation_file)
+    result = evaluate(cfg, weights, split, int(cfg.run_cfg.valid_max_new_tokens))
     done = time.perf_counter()
     from xraygpt.evaluation import format_summary
 

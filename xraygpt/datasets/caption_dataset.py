@@ -1,4 +1,4 @@
-"""The one map-style dataset: records -> ``{"image", "prompt", "caption", "image_id"}`` samples.
+"""The one map-style dataset: records -> ``{"image", "prompt", "caption", "image_id", "question"}`` samples.
 
 Bad samples follow ``run.on_bad_sample``: ``error`` raises
 :class:`BadSampleError` naming the file, the reason and the fix; ``skip``
@@ -62,7 +62,10 @@ class ImageTextDataset(Dataset):
         if self.vis_processor is not None:
             image = self.vis_processor(image)
         caption = self.text_processor(record.caption) if self.text_processor else record.caption
-        return {"image": image, "prompt": record.prompt, "caption": caption, "image_id": record.image_id}
+        # Entries marked ``"task": "vqa"`` are question/answer pairs: evaluation scores them as VQA, not reports.
+        question = record.prompt if record.task == "vqa" else None
+        return {"image": image, "prompt": record.prompt, "caption": caption, "image_id": record.image_id,
+                "question": question}
 
     def _bad_sample(self, index: int, record: Record, reason: str) -> None:
         where = f"{self.name}[{index}] ({record.source or 'no source'}) image {record.image_path}"
