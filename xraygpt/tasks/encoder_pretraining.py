@@ -166,6 +166,7 @@ def run_encoder_pretraining(cfg: Any, labels_file: Optional[Path] = None, settin
     ``labels.json`` in the (single) dataset's storage folder. Returns the validation scores (also written
     as ``encoder_pretraining.json`` beside the Q-Former file).
     """
+    from xraygpt.common.checkpointing import atomic_write_text
     from xraygpt.processors.base import build_processor
     from xraygpt.train import set_seed
 
@@ -190,8 +191,6 @@ def run_encoder_pretraining(cfg: Any, labels_file: Optional[Path] = None, settin
     vit_path, qformer_path = Path(model_cfg.vit_path), Path(model_cfg.q_former_model)
     save_original_formats(model, vit_path, qformer_path)
     summary = {"validation": scores, "settings": settings.__dict__, "vit_path": str(vit_path), "q_former_model": str(qformer_path)}
-    from xraygpt.common.checkpointing import atomic_write_text
-
     atomic_write_text(qformer_path.with_name("encoder_pretraining.json"), json.dumps(summary, indent=2))
     logger.info("wrote %s and %s", vit_path, qformer_path)
     return summary
