@@ -60,10 +60,9 @@ def ensure_encoder(cfg: Any, steps: int) -> None:
     if all(Path(p).is_file() for p in paths):
         logger.info("pretrained tiny encoder found: %s, %s", *paths)
         return
-    from xraygpt.tasks.encoder_pretraining import run_encoder_pretraining, training_device
+    from xraygpt.tasks.encoder_pretraining import run_encoder_pretraining, settings_for
 
-    settings = PretrainSettings(steps=steps, seed=int(cfg.run_cfg.seed), device=training_device(cfg))
-    run_encoder_pretraining(cfg, settings=settings)
+    run_encoder_pretraining(cfg, settings=settings_for(cfg, steps=steps))
 
 
 def evaluate(cfg: Any, weights: Path, split: str, max_new_tokens: int) -> Dict[str, Any]:

@@ -16,6 +16,7 @@ it through the same code as real checkpoints, with the encoders frozen and their
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -26,6 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from xraygpt.common.dist_utils import pick_device
 from xraygpt.models import key_maps
 
 logger = logging.getLogger(__name__)
@@ -53,6 +55,11 @@ class PretrainSettings:
     positive_weight_power: float = 0.5
     """Each finding's positives weigh (negatives/positives) ** power in the loss: 0 = plain BCE, 1 = balanced.
     Without it the rare findings (pneumothorax 12 %, lesion 15 %) often stay at "absent" for the whole run."""
+
+
+def settings_for(cfg: Any, **overrides: Any) -> PretrainSettings:
+    """Defaults with the run's seed and device (``run.device: cuda`` falls back to CPU as in training)."""
+    return PretrainSettings(**{"seed": int(cfg.run_cfg.seed), "device": str(pick_device(str(cfg.run_cfg.device))), **overrides})
 
 
 def load_labelled_split(labels_file: Path, split: str, processor: Any) -> LabelledImages:
@@ -138,10 +145,10 @@ def save_original_formats(model: nn.Module, vit_path: Path, qformer_path: Path) 
     """ViT as an EVA state dict; Q-Former + query tokens + ln_vision as a LAVIS BLIP-2 ``{"model": ...}``."""
     from xraygpt.models.checkpoint_io import atomic_save, save_original_pth
 
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    vision = model.visual_encoder.to_original(key_maps.strip_prefix(state, "visual_encoder."))
-    qformer = key_maps.ours_to_qformer(
-        {k: v for k, v in state.items() if k.startswith(("qformer.", "ln_vision.")) or k == "query_tokens"})
+    image_path = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("llama_")}
+    original = model.to_original_names(image_path)
+    vision = key_maps.strip_prefix(original, "visual_encoder.")
+    qformer = {k: v for k, v in original.items() if not k.startswith("visual_encoder.")}
     Path(vit_path).parent.mkdir(parents=True, exist_ok=True)
     Path(qformer_path).parent.mkdir(parents=True, exist_ok=True)
     atomic_save(lambda tmp: torch.save(vision, tmp), vit_path)
@@ -150,13 +157,12 @@ def save_original_formats(model: nn.Module, vit_path: Path, qformer_path: Path) 
 
 def build_untrained_model(model_cfg: Any) -> nn.Module:
     """The configured model with its image path at random init (the files stage 1 writes do not exist yet)."""
-    from omegaconf import OmegaConf
-
     from xraygpt.models.mini_gpt4 import MiniGPT4
+    from xraygpt.models.model_config import model_config_from
 
-    section = OmegaConf.to_container(model_cfg, resolve=True) if OmegaConf.is_config(model_cfg) else dict(model_cfg)
-    section.update(vit_path=None, q_former_model=None, ckpt=None, freeze_vit=False, freeze_qformer=False, freeze_llm=True)
-    return MiniGPT4.from_config(section)
+    config = dataclasses.replace(model_config_from(model_cfg), vit_path=None, q_former_model=None, ckpt=None,
+                                 freeze_vit=False, freeze_qformer=False, freeze_llm=True)
+    return MiniGPT4(config)
 
 
 def run_encoder_pretraining(cfg: Any, labels_file: Optional[Path] = None, settings: Optional[PretrainSettings] = None) -> Dict[str, Any]:
@@ -170,7 +176,7 @@ def run_encoder_pretraining(cfg: Any, labels_file: Optional[Path] = None, settin
     from xraygpt.processors.base import build_processor
     from xraygpt.train import set_seed
 
-    settings = settings or PretrainSettings(seed=int(cfg.run_cfg.seed), device=training_device(cfg))
+    settings = settings or settings_for(cfg)
     model_cfg = cfg.model_cfg
     if not model_cfg.get("vit_path") or not model_cfg.get("q_former_model"):
         raise ValueError("encoder pretraining writes model.vit_path and model.q_former_model: set both in the config")
@@ -196,12 +202,6 @@ def run_encoder_pretraining(cfg: Any, labels_file: Optional[Path] = None, settin
     return summary
 
 
-def training_device(cfg: Any) -> str:
-    """``run.device``, with CPU when it asks for CUDA and none is present (as the runner does)."""
-    wanted = str(cfg.run_cfg.get("device", "cpu"))
-    return wanted if not wanted.startswith("cuda") or torch.cuda.is_available() else "cpu"
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from xraygpt.common.cli import setup_logging
     from xraygpt.common.config import Config, add_config_arguments
@@ -217,8 +217,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     cfg = Config(args)
-    settings = PretrainSettings(steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=int(cfg.run_cfg.seed),
-                                device=training_device(cfg))
+    settings = settings_for(cfg, steps=args.steps, lr=args.lr, batch_size=args.batch_size)
     run_encoder_pretraining(cfg, args.labels, settings)
     return 0
 
