@@ -27,6 +27,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from xraygpt.common.errors import CheckpointLoadError
 
 FORMAT = "xraygpt-training-checkpoint"
 FORMAT_VERSION = 1
@@ -37,7 +38,7 @@ META_FILE = "meta.json"
 _TMP_PREFIX = ".tmp-"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(CheckpointLoadError):
     """A checkpoint that cannot be used, with the path and what to do about it."""
 
 

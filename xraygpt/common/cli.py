@@ -25,13 +25,28 @@ def not_implemented(what: str) -> NoReturn:
 
 
 def run_cli(main: Callable[[], int | None]) -> NoReturn:
-    """Run ``main``; expected user errors print one line instead of a traceback."""
-    from xraygpt.common.config import ConfigError
-    from xraygpt.common.registry import RegistryError
+    """Run ``main``; user errors (the :class:`XrayGPTError` family) print one line and exit 2.
+
+    ``XRAYGPT_DEBUG=1`` re-raises them with their traceback.  Anything else is a bug
+    and keeps its traceback.
+    """
+    import os
+
+    from xraygpt.common.errors import XrayGPTError
 
     try:
         code = main()
-    except (ConfigError, RegistryError, FileNotFoundError) as exc:
+    except XrayGPTError as exc:
+        if os.environ.get("XRAYGPT_DEBUG") == "1":
+            raise
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        raise SystemExit(2)
+    except FileNotFoundError as exc:
+        if os.environ.get("XRAYGPT_DEBUG") == "1":
+            raise
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130)
     raise SystemExit(code or 0)

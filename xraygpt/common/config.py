@@ -25,13 +25,14 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from xraygpt.common.registry import did_you_mean, registry
 from xraygpt.common.schema import RunConfig
+from xraygpt.common.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
-class ConfigError(ValueError):
+class ConfigError(ConfigurationError):
     """A configuration problem, with the key and the file it came from."""
 
 

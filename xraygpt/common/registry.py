@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from typing import Any, Callable, Dict, Iterable, List, TypeVar
+from xraygpt.common.errors import ConfigurationError
 
 T = TypeVar("T")
 
@@ -26,7 +27,7 @@ KINDS = (
 )
 
 
-class RegistryError(KeyError):
+class RegistryError(ConfigurationError, KeyError):
     """Raised for duplicate registrations and unknown names."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want plain text

@@ -25,13 +25,14 @@ from PIL import Image
 from xraygpt.common.registry import registry
 from xraygpt.conversation.generation import GenerationSettings
 from xraygpt.conversation.templates import IMAGE_TAG, Conversation, ConversationTemplate
+from xraygpt.common.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 ImageInput = Union[str, Path, Image.Image, torch.Tensor]
 
 
-class ContextTooLongError(ValueError):
+class ContextTooLongError(DataError):
     """The current question alone (with the image turn) does not fit in the LLM window."""
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 from xraygpt.common.registry import registry
+from xraygpt.common.errors import ConfigurationError
 
 IMAGE_PLACEHOLDER = "<ImageHere>"
 """Marks where image embeddings go; never tokenized."""
@@ -21,7 +22,7 @@ IMAGE_TAG = f"<Img>{IMAGE_PLACEHOLDER}</Img>"
 Message = Tuple[str, Optional[str]]
 
 
-class TemplateError(ValueError):
+class TemplateError(ConfigurationError):
     """A prompt that does not follow its template, or a message that would break it."""
 
 

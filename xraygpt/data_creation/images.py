@@ -11,12 +11,13 @@ import shutil
 from pathlib import Path
 
 from xraygpt.data_creation.writer import atomic_write
+from xraygpt.common.errors import DataError
 
 COPYABLE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 IMAGE_FORMATS = ("copy", "jpeg")
 
 
-class ImageExportError(Exception):
+class ImageExportError(DataError):
     """The source image cannot be read; the message names the file and the reason."""
 
 

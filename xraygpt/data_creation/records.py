@@ -4,9 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
+from xraygpt.common.errors import DataError
 
 
-class DataCreationError(ValueError):
+class DataCreationError(DataError):
     """A user-fixable problem with the inputs or options (printed without a traceback)."""
 
 

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from xraygpt.datasets.prompts import normalise_prompt, pick_prompt
+from xraygpt.common.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
 
 
-class AnnotationError(ValueError):
+class AnnotationError(DataError):
     """An annotation file that cannot be used, naming the file and where."""
 
 

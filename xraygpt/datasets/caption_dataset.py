@@ -15,13 +15,14 @@ from torch.utils.data import Dataset
 
 from xraygpt.datasets.annotations import Record
 from xraygpt.datasets.image_io import ImageLoadError, load_medical_image
+from xraygpt.common.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 BAD_SAMPLE_POLICIES = ("error", "skip")
 
 
-class BadSampleError(RuntimeError):
+class BadSampleError(DataError, RuntimeError):
     """A sample that cannot be loaded while ``on_bad_sample`` is ``error``."""
 
 

@@ -29,6 +29,7 @@ from typing import BinaryIO, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from xraygpt.common.errors import DataError
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO]
 
@@ -38,7 +39,7 @@ MIN_SIDE = 8
 _DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(DataError):
     """An image that cannot be used, with the file and the reason."""
 
     def __init__(self, source: object, reason: str):

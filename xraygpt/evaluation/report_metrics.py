@@ -29,6 +29,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Sequence, Union
+from xraygpt.common.errors import XrayGPTError
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ References = Union[Sequence[str], Sequence[Sequence[str]]]
 JavaMode = Literal["auto", "require", "off"]
 
 
-class JavaNotFoundError(RuntimeError):
+class JavaNotFoundError(XrayGPTError, RuntimeError):
     """METEOR and the PTB tokenizer need a Java runtime on PATH."""
 
 

@@ -15,13 +15,14 @@ from typing import Dict, Mapping, Optional
 
 import torch
 from torch import nn
+from xraygpt.common.errors import CheckpointLoadError
 
 logger = logging.getLogger(__name__)
 
 StateDict = Dict[str, torch.Tensor]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(CheckpointLoadError):
     """A weight file that is missing, unreadable, or does not fit the model."""
 
 

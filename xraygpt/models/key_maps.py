@@ -16,13 +16,14 @@ from functools import lru_cache
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+from xraygpt.common.errors import CheckpointLoadError
 
 logger = logging.getLogger(__name__)
 
 StateDict = Dict[str, torch.Tensor]
 
 
-class KeyMapError(KeyError):
+class KeyMapError(CheckpointLoadError, KeyError):
     """A checkpoint key no table knows, or a tensor that cannot be converted."""
 
     def __str__(self) -> str:

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 from xraygpt.common.dist_utils import DistInfo, barrier
 from xraygpt.runners.data import SeededSamples, make_loader
 from xraygpt.runners.samplers import ResumableBatchSampler
+from xraygpt.common.errors import DataError
 
 logger = logging.getLogger("xraygpt.train")
 
@@ -37,7 +38,7 @@ _VISUAL_CONFIG_KEYS = ("vit_model", "vit_path", "image_size", "vit_precision", "
                        "qformer_config", "num_query_token")
 
 
-class FeatureCacheError(ValueError):
+class FeatureCacheError(DataError):
     """The cache cannot be used with this configuration (and why)."""
 
 

@@ -1,0 +1,69 @@
+"""Crash-safe file writes: readers see the old file or the complete new one, never a part.
+
+The one place that knows temp file + fsync + rename; every writer of results,
+checkpoints, caches and datasets calls these.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename inside ``folder`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def atomic_write_with(path: str | os.PathLike, write_to_path: Callable[[str], None]) -> Path:
+    """Call ``write_to_path(tmp)`` (a library that wants a file name), then rename to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write_to_path(tmp)
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(handle)`` on a binary temp file, fsync it and rename it to ``path``."""
+
+    def to_path(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+
+    return atomic_write_with(path, to_path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return atomic_write(path, lambda handle: handle.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any, *, indent: int | None = 2) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
