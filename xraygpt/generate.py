@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--repetition-penalty", type=float, default=defaults.repetition_penalty, help="> 1 discourages repeats"
     )
+    parser.add_argument(
+        "--structured", nargs="?", const="extract", choices=("extract", "constrained"), default=None,
+        help="also write a schema-valid structured report per image (key 'structured'): extract = read it from the "
+             "prose (default), constrained = decode the JSON under the schema (models fine-tuned on JSON targets)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -134,6 +139,10 @@ def main(argv: List[str] | None = None) -> int:
     device = pick_device(args.device, args.gpu_id)
     model, processor = load_model_and_processor(cfg, device)
     run_settings = {**settings.as_dict(), "batch_size": args.batch_size, "cfg_path": str(args.cfg_path), "device": str(device)}
+    if args.structured:
+        from xraygpt.structured import generate_structured, model_generator
+
+        generator = model_generator(model, args.structured, f"{cfg.model_cfg.arch}:{args.cfg_path}", run_settings)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     failures = 0
@@ -151,17 +160,23 @@ def main(argv: List[str] | None = None) -> int:
             if readable:
                 start = time.perf_counter()
                 with torch.inference_mode():
-                    reports = model.generate(
-                        torch.stack(pixels).to(device), [args.prompt] * len(readable), **settings.generate_kwargs()
-                    )
+                    batch_pixels, prompts = torch.stack(pixels).to(device), [args.prompt] * len(readable)
+                    if args.structured:
+                        reports, structured = generate_structured(
+                            model, batch_pixels, prompts, args.structured, generator, **settings.generate_kwargs()
+                        )
+                    else:
+                        reports, structured = model.generate(batch_pixels, prompts, **settings.generate_kwargs()), None
                 seconds = time.perf_counter() - start
                 stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                for path, report in zip(readable, reports):
+                for number, (path, report) in enumerate(zip(readable, reports)):
                     record = {
                         "image": str(path), "image_id": path.stem, "prompt": args.prompt, "report": report,
                         "seconds": round(seconds / len(readable), 4), "batch_seconds": round(seconds, 4),
                         "created": stamp, "settings": run_settings,
                     }
+                    if structured is not None:
+                        record["structured"] = structured[number]
                     out.write(json.dumps(record, ensure_ascii=False) + "\n")
             out.flush()
             os.fsync(out.fileno())

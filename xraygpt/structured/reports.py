@@ -1,0 +1,47 @@
+"""One call for callers (batch CLI, demo, evaluation): prose and structured report per sample, in either mode."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from xraygpt.structured.constrained import complete_report, content_json, decode_constrained
+from xraygpt.structured.extract import extract_report
+from xraygpt.structured.metadata import generator_info
+from xraygpt.structured.schema import validate_report
+
+MODES = ("extract", "constrained")
+
+
+def model_generator(model: Any, mode: str, name: str, settings: Mapping[str, Any]) -> Dict[str, Any]:
+    """The ``generator`` block for ``model``: its name, the SHA-256 of its ``model.ckpt`` and the settings."""
+    return generator_info(mode, name, getattr(getattr(model, "config", None), "ckpt", None), settings)
+
+
+def structured_from_text(text: str, generator: Mapping[str, Any]) -> Dict[str, Any]:
+    """Extract mode on text already generated (the demo's answer, an evaluation record)."""
+    return dict(validate_report(extract_report(text, generator)))
+
+
+def generate_structured(
+    model: Any,
+    images: Optional[torch.Tensor],
+    prompts: Sequence[str],
+    mode: str,
+    generator: Mapping[str, Any],
+    *,
+    image_features: Optional[torch.Tensor] = None,
+    **generation_kwargs: Any,
+) -> Tuple[List[str], List[Dict[str, Any]]]:
+    """``(texts, reports)``: the decoded text of each sample and its schema-valid structured report.
+
+    ``extract`` decodes prose as usual and reads the report from it; ``constrained`` decodes the JSON
+    itself under the schema (the text is then that JSON).
+    """
+    if mode == "extract":
+        texts = model.generate(images, list(prompts), image_features=image_features, **generation_kwargs)
+        return texts, [structured_from_text(text, generator) for text in texts]
+    if mode == "constrained":
+        contents = decode_constrained(model, images, prompts, image_features=image_features, **generation_kwargs)
+        return [content_json(c) for c in contents], [complete_report(c, generator) for c in contents]
+    raise ValueError(f"structured mode must be one of {MODES}, got {mode!r}")
