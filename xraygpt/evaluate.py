@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--uncertain", choices=["negative", "positive", "ignore"], default="negative",
         help="how uncertain CheXpert labels count in clinical efficacy",
     )
+    parser.add_argument(
+        "--structured", action="store_true",
+        help="also score structured reports per field (status per observation, laterality, location, severity); "
+             "references are read from the reference texts in extract mode",
+    )
     return parser
 
 
@@ -196,10 +201,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         java=args.java, meteor=not args.no_meteor, uncertain=args.uncertain,
     )
     result["skipped_samples"] = skipped
+    if args.structured:
+        from xraygpt.evaluation.structured_scores import format_structured
+        from xraygpt.structured.evaluation import add_structured_scores
+
+        add_structured_scores(result, records, model, str(cfg.cfg_path), generation_kwargs)
     settings = {"config": str(cfg.cfg_path), "splits": splits, "batch_size": batch_size, "device": device,
                 "limit": args.limit, "generation": generation_kwargs, "vqa_datasets": args.vqa_datasets}
     write_outputs(out_dir, records, result, settings)
     print(format_summary(result))
+    if args.structured:
+        print(format_structured(result["structured"]))
     print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'samples.jsonl'} ({len(records)} samples"
           f"{f', {skipped} unreadable samples skipped' if skipped else ''})")
     return 0

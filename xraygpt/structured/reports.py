@@ -1,6 +1,7 @@
 """One call for callers (batch CLI, demo, evaluation): prose and structured report per sample, in either mode."""
 from __future__ import annotations
 
+import json
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -8,7 +9,7 @@ import torch
 from xraygpt.structured.constrained import complete_report, content_json, decode_constrained
 from xraygpt.structured.extract import extract_report
 from xraygpt.structured.metadata import generator_info
-from xraygpt.structured.schema import validate_report
+from xraygpt.structured.schema import schema_errors, validate_report
 
 MODES = ("extract", "constrained")
 
@@ -21,6 +22,20 @@ def model_generator(model: Any, mode: str, name: str, settings: Mapping[str, Any
 def structured_from_text(text: str, generator: Mapping[str, Any]) -> Dict[str, Any]:
     """Extract mode on text already generated (the demo's answer, an evaluation record)."""
     return dict(validate_report(extract_report(text, generator)))
+
+
+def structured_of_prediction(text: str, generator: Mapping[str, Any]) -> Dict[str, Any]:
+    """A prediction that is already a content document (a JSON-target model's output) is used as it is;
+    any other text goes through extract mode."""
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            content = json.loads(stripped)
+        except json.JSONDecodeError:
+            content = None
+        if isinstance(content, dict) and not schema_errors(content, content_only=True):
+            return complete_report(content, {**generator, "mode": "constrained"})
+    return structured_from_text(text, generator)
 
 
 def generate_structured(
