@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from xraygpt.common.cli import run_cli, setup_logging
 from xraygpt.common.config import Config, ConfigError, add_config_arguments
 from xraygpt.conversation.generation import GenerationSettings
+from xraygpt.structured.table import TABLE_CSS, findings_table_html
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,9 @@ EXAMPLE_PROMPTS = [
     "Is the overall impression normal or abnormal?",
 ]
 # The disclaimer sticks to the top of the window so it stays in view while scrolling.
-DEMO_CSS = "#disclaimer {position: sticky; top: 0; z-index: 100; background: #fff4d6; padding: 8px 12px;}"
+DEMO_CSS = "#disclaimer {position: sticky; top: 0; z-index: 100; background: #fff4d6; padding: 8px 12px;}" + TABLE_CSS
+# The "Copy JSON" button runs in the browser: the JSON box's text goes to the clipboard.
+COPY_JSON_JS = "(text) => { navigator.clipboard.writeText(text || ''); }"
 History = List[Dict[str, str]]
 
 
@@ -116,9 +119,10 @@ class DemoHandlers:
     chatbot history (``[{"role", "content"}]``) and a status message.
     """
 
-    def __init__(self, chat: Any, max_file_size: int):
+    def __init__(self, chat: Any, max_file_size: int, model_name: str = "xraygpt"):
         self.chat = chat
         self.max_file_size = max_file_size
+        self.model_name = model_name
 
     def upload(self, file_path: Optional[str]) -> Tuple[Any, Any, History, str]:
         """New image -> fresh conversation.  Returns (state, preview image, history, status)."""
@@ -186,6 +190,28 @@ class DemoHandlers:
         state.warnings.clear()
         yield history, state, f"**Note:** {notes}" if notes else "Done."
 
+    def structure(
+        self, history: History, num_beams: float, temperature: float, max_new_tokens: float
+    ) -> Tuple[str, str]:
+        """The last answer as a findings table and its schema-valid JSON (extract mode).  Returns (html, json)."""
+        import json
+
+        from xraygpt.structured.reports import model_generator, structured_from_text
+
+        answers = [_message_text(m["content"]) for m in history or [] if m.get("role") == "assistant"]
+        if not answers:
+            return "", ""
+        settings = GenerationSettings(
+            max_new_tokens=int(max_new_tokens), num_beams=int(num_beams), temperature=float(temperature)
+        )
+        try:
+            generator = model_generator(self.chat.model, "extract", self.model_name, settings.as_dict())
+            report = structured_from_text(answers[-1], generator)
+        except Exception:
+            logger.exception("structuring the answer failed")
+            return "<p>The findings table could not be built; the error was logged on the server.</p>", ""
+        return findings_table_html(report), json.dumps(report, indent=2, ensure_ascii=False)
+
     def reset(self) -> Tuple[None, None, None, History, str, str]:
         """Forget the image and the conversation.  Returns (state, file, preview, history, textbox, status)."""
         return None, None, None, [], "", "Chat cleared. Upload an image to start again."
@@ -213,6 +239,15 @@ class DemoHandlers:
             messages[-1][1] = IMAGE_TAG
         else:
             messages.pop()
+
+
+def _message_text(content: Any) -> str:
+    """A chat message's text: Gradio sends messages back as a list of ``{"type": "text", "text": ...}`` parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text", ""))
+    return " ".join(_message_text(part) for part in content or [])
 
 
 # ------------------------------------------------------------------------ UI
@@ -266,12 +301,20 @@ def build_demo(handlers: DemoHandlers, examples: List[str], concurrency: int, qu
                     label="Your question", placeholder="Ask about the image and press Enter", elem_id="question"
                 )
                 gr.Examples(examples=[[p] for p in EXAMPLE_PROMPTS], inputs=[question], label="Example questions")
+                gr.Markdown("**Findings in the last answer** (read from its text; hover a row for the sentence)")
+                findings_html = gr.HTML("", elem_id="findings-table")
+                copy_json = gr.Button("Copy JSON", elem_id="copy-json", size="sm")
+                with gr.Accordion("Structured report (JSON)", open=False):
+                    findings_json = gr.Code("", language="json", interactive=False, elem_id="findings-json")
 
         upload.change(handlers.upload, [upload], [state, preview, chatbot, status], **model_queue)
         question.submit(handlers.ask, [question, chatbot, state], [question, chatbot, state, status]).then(
             handlers.answer, [chatbot, state, num_beams, temperature, max_new_tokens], [chatbot, state, status],
             **model_queue,
-        )
+        ).then(handlers.structure, [chatbot, num_beams, temperature, max_new_tokens], [findings_html, findings_json])
+        copy_json.click(None, [findings_json], None, js=COPY_JSON_JS)
+        for clear_event in (reset.click, chatbot.clear, upload.change):  # a new conversation has no findings yet
+            clear_event(lambda: ("", ""), None, [findings_html, findings_json])
         for clear_event in (reset.click, chatbot.clear):  # the chat's own trash button resets too
             clear_event(handlers.reset, None, [state, upload, preview, chatbot, question, status])
     demo.queue(default_concurrency_limit=concurrency, max_size=queue_size)
@@ -294,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device, args.gpu_id)
     model, processor = load_model_and_processor(cfg, device)
     chat = Chat(model, processor, template=args.template)
-    handlers = DemoHandlers(chat, options["max_file_size"])
+    handlers = DemoHandlers(chat, options["max_file_size"], model_name=f"{cfg.model_cfg.arch}:{args.cfg_path}")
     gradio_import.join()
     with tempfile.TemporaryDirectory(prefix="xraygpt-demo-") as tmp:
         demo = build_demo(handlers, example_images(Path(tmp)), args.concurrency, args.queue_size)
