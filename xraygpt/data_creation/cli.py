@@ -9,7 +9,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from xraygpt.data_creation.filters import TextFilter
 from xraygpt.data_creation.images import IMAGE_FORMATS
-from xraygpt.data_creation.pipeline import TASKS, GeneratorSpec, RunOptions, run
+from xraygpt.data_creation.pipeline import DEFAULT_TASKS, TASKS, GeneratorSpec, RunOptions, run
 from xraygpt.data_creation.records import DataCreationError, Rejection, SourceItem
 from xraygpt.data_creation.splitting import parse_fractions
 
@@ -19,7 +19,9 @@ EPILOG = "Docs and examples: docs/data_creation.md"
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, required=True, help="dataset folder to create or resume (image/, filter_cap*.json, manifest.json)")
-    out.add_argument("--tasks", default=",".join(TASKS), help="comma list of tasks: report (report prompt -> report), vqa (question -> answer)")
+    out.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
+                     help="comma list of tasks: report (report prompt -> report), vqa (question -> answer), "
+                          "structured (JSON report target for constrained decoding; OpenI only)")
     out.add_argument("--sample-size", type=int, default=None, help="keep a seeded random subset of this many items after filtering")
     out.add_argument("--seed", type=int, default=42, help="seed of the sampling and of the split")
     out.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions of the groups (patients/studies/articles)")

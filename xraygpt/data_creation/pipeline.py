@@ -36,7 +36,8 @@ SPLIT_FILES = {"train": "filter_cap.json", "val": "filter_cap_val.json", "test":
 MANIFEST = "manifest.json"
 CACHE_FILE = Path("cache") / "generated.jsonl"
 REJECTED_FILE = Path("cache") / "rejected.jsonl"
-TASKS = ("report", "vqa")
+TASKS = ("report", "vqa", "structured")
+DEFAULT_TASKS = ("report", "vqa")  # structured (JSON targets) only when asked
 
 Generator = Callable[[Job], Tuple[List[Dict[str, str]], Dict[str, Any]]]
 
@@ -44,7 +45,7 @@ Generator = Callable[[Job], Tuple[List[Dict[str, str]], Dict[str, Any]]]
 @dataclass
 class RunOptions:
     out_dir: Path
-    tasks: Sequence[str] = TASKS
+    tasks: Sequence[str] = DEFAULT_TASKS
     sample_size: Optional[int] = None
     seed: int = 42
     split: Dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
@@ -176,7 +177,10 @@ def _assemble(jobs: List[Job], cache: JsonlCache, split_of_group: Dict[str, str]
         models[record.get("model", "unknown")] += 1
         for entry in record["entries"]:
             for image in images[job.item.source_id]:
-                splits[split].append({"image": image, "prompt": entry["prompt"], "caption": entry["caption"]})
+                row = {"image": image, "prompt": entry["prompt"], "caption": entry["caption"]}
+                if job.task == "structured":  # so build_info.tasks: [structured] can select (or drop) them
+                    row["task"] = job.task
+                splits[split].append(row)
                 info["entries_by_task"][job.task] += 1
     return splits, provenance, models
 
