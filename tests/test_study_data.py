@@ -1,0 +1,85 @@
+"""Study entries (``"image": [...]`` + ``"views"``): parsing, loading, collate, bad samples, validate."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from xraygpt.datasets.annotations import parse_annotations
+from xraygpt.datasets.caption_dataset import BadSampleError, ImageTextDataset, collate
+from xraygpt.datasets.validate import main as validate_main
+from xraygpt.processors.base import build_processor
+
+STUDY = {"image": ["img/f.png", "img/l.png"], "views": ["Frontal", "Lateral"], "prompt": "Describe.", "caption": "Normal."}
+SINGLE = {"image": "img/f.png", "prompt": "Describe.", "caption": "Normal too."}
+
+
+def _folder(root, entries, images=("f.png", "l.png")):
+    (root / "img").mkdir(parents=True)
+    for value, name in enumerate(images):
+        Image.fromarray(np.full((16, 16), 60 + 40 * value, np.uint8)).save(root / "img" / name)
+    ann = root / "filter_cap.json"
+    ann.write_text(json.dumps(entries))
+    return ann
+
+
+def test_study_entries_parse_with_their_views(tmp_path):
+    ann = _folder(tmp_path, [STUDY, SINGLE, {**STUDY, "views": None}])
+    records, issues = parse_annotations(ann)
+    assert issues == []
+    study, single, unnamed = records
+    assert study.images == (tmp_path / "img/f.png", tmp_path / "img/l.png") and study.views == ("Frontal", "Lateral")
+    assert study.image_path == tmp_path / "img/f.png" and study.image_id == "f"
+    assert single.images == (tmp_path / "img/f.png",) and single.study_images == () and single.views == ()
+    assert unnamed.views == ()
+
+
+def test_bad_study_entries_are_reported(tmp_path):
+    ann = _folder(tmp_path, [{**STUDY, "image": []}, {**STUDY, "views": ["Frontal"]}, {**STUDY, "views": "PA"},
+                             {**STUDY, "image": ["img/f.png", 3]}, {**SINGLE, "views": ["PA", "LAT"]}])
+    records, issues = parse_annotations(ann)
+    assert records == []
+    assert [i.message for i in issues] == [
+        "field 'image' is an empty list (give at least one path)",
+        "field 'views' names 1 views for 2 images",
+        'field \'views\' must be a list of view names, got "PA"',
+        'field \'image\' must list non-empty path strings, got ["img/f.png", 3]',
+        "field 'views' names 2 views for 1 images",
+    ]
+
+
+def test_dataset_and_collate_mix_studies_and_single_images(tmp_path):
+    ann = _folder(tmp_path, [STUDY, SINGLE])
+    records, _ = parse_annotations(ann)
+    dataset = ImageTextDataset(records, build_processor({"name": "blip2_image_eval", "image_size": 32}))
+    study, single = dataset[0], dataset[1]
+    assert study["image"].shape == (2, 3, 32, 32) and study["views"] == ["Frontal", "Lateral"]
+    assert single["image"].shape == (3, 32, 32) and "views" not in single  # one-image samples are unchanged
+    batch = collate([study, None, single])
+    assert batch["image"].shape == (3, 3, 32, 32) and batch["image_counts"].tolist() == [2, 1]
+    assert torch.equal(batch["image"][2], single["image"]) and torch.equal(batch["image"][:2], study["image"])
+    assert batch["views"] == [["Frontal", "Lateral"], None] and batch["num_skipped"] == 1
+    assert batch["caption"] == ["Normal.", "Normal too."]
+    plain = collate([single, single])
+    assert plain["image"].shape == (2, 3, 32, 32) and "image_counts" not in plain
+
+
+def test_a_bad_view_is_named_under_both_policies(tmp_path):
+    ann = _folder(tmp_path, [STUDY])
+    (tmp_path / "img" / "l.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    records, _ = parse_annotations(ann)
+    with pytest.raises(BadSampleError, match=r"bad sample dataset\[0\] .* image .*l\.png: not a recognised image"):
+        ImageTextDataset(records, on_bad_sample="error")[0]
+    skipping = ImageTextDataset(records, on_bad_sample="skip")
+    assert skipping[0] is None and skipping.skipped == [str(tmp_path / "img" / "l.png")]
+
+
+def test_validate_checks_every_view(tmp_path, capsys):
+    ann = _folder(tmp_path, [STUDY, {**STUDY, "image": ["img/f.png", "img/missing.png"]}])
+    assert validate_main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"error: {ann}[1]: image {tmp_path / 'img' / 'missing.png'}: file not found" in out
+    assert "2 entries, 3 images: 1 error(s), 0 warning(s); 1 entries usable" in out
