@@ -83,3 +83,29 @@ def test_validate_checks_every_view(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"error: {ann}[1]: image {tmp_path / 'img' / 'missing.png'}: file not found" in out
     assert "2 entries, 3 images: 1 error(s), 0 warning(s); 1 entries usable" in out
+
+
+def test_phantoms_with_a_lateral_view_keep_the_frontal_images_and_load_as_studies(tmp_path):
+    from xraygpt.common.registry import registry  # noqa: F401  (builders registered)
+    from xraygpt.datasets.phantom_lateral import draw_lateral
+    from xraygpt.datasets.phantoms import Findings, generate_dataset
+
+    generate_dataset(tmp_path / "one", n=6, seed=3, size=64, vqa_per_image=1)
+    generate_dataset(tmp_path / "two", n=6, seed=3, size=64, vqa_per_image=1, views=("frontal", "lateral"))
+    for index in range(6):
+        name = f"images/phantom_{index:06d}.jpg"
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    entries = json.loads((tmp_path / "two" / "filter_cap.json").read_text())
+    assert all(e["views"] == ["Frontal", "Lateral"] and e["image"][1].endswith("_lat.jpg") for e in entries)
+    records, issues = parse_annotations(tmp_path / "two" / "filter_cap.json")
+    assert issues == [] and all(len(r.images) == 2 for r in records)
+    assert validate_main([str(tmp_path / "two")]) == 0
+    # the lateral shows the findings: fluid whitens the posterior recess, an enlarged heart covers more of the film
+    rng = lambda: np.random.default_rng(0)  # noqa: E731
+    normal, effusion = draw_lateral(Findings(), rng()).astype(float), draw_lateral(Findings(effusion_left="large"), rng()).astype(float)
+    recess = (slice(150, 195), slice(150, 200))
+    assert effusion[recess].mean() > normal[recess].mean() + 20
+    big_heart = draw_lateral(Findings(cardiomegaly=True), rng()).astype(float)
+    assert (big_heart > 150).sum() > (normal > 150).sum()
+    with pytest.raises(ValueError, match="views must be frontal or frontal,lateral, got lateral"):
+        generate_dataset(tmp_path / "bad", n=1, views=("lateral",))
