@@ -49,8 +49,10 @@ def test_study_prompt_layout():
         "###Patient: <Img><ImageHere></Img> <Img><ImageHere></Img> Describe. ###Doctor: ")
     with pytest.raises(ValueError, match="1 view names for 2 images"):
         wrap_study_prompt(" Describe.", TEMPLATE, 2, ["PA"])
-    with pytest.raises(ValueError, match="the prompt holds 1 <ImageHere> for 2 images"):
-        wrap_study_prompt("<Img><ImageHere></Img> Describe.", TEMPLATE, 2)
+    assert wrap_study_prompt("<Img><ImageHere></Img> Describe.", TEMPLATE, 2, ["Frontal", "Lateral"]) == (
+        wrap_study_prompt(" Describe.", TEMPLATE, 2, ["Frontal", "Lateral"]))  # the one tag stands for all images
+    with pytest.raises(ValueError, match="the prompt holds 2 <ImageHere> for 3 images"):
+        wrap_study_prompt("<ImageHere> and <ImageHere> Describe.", TEMPLATE, 3)
 
 
 def test_each_image_gets_its_own_slots_between_its_text_pieces(model):

@@ -70,8 +70,12 @@ def finished_images(out: Path) -> Set[str]:
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{out}:{number} is not JSON ({exc}); fix or move the file to start over") from exc
         if "report" in record:
-            done.add(_key(record["image"]))
+            done.add(_record_key(record))
     return done
+
+
+def _record_key(record: dict) -> str:
+    return f"study:{record['study_id']}" if "study_id" in record else _key(record["image"])
 
 
 def _key(path: str | Path) -> str:
@@ -79,7 +83,22 @@ def _key(path: str | Path) -> str:
     return str(Path(path).resolve())
 
 
-def batches(items: Sequence[Path], size: int) -> Iterable[List[Path]]:
+def _item_key(item) -> str:
+    return _key(item) if isinstance(item, Path) else f"study:{item.id}"
+
+
+def _item_images(item) -> Sequence[Path]:
+    return [item] if isinstance(item, Path) else item.images
+
+
+def _item_fields(item) -> dict:
+    """How a record names its input: an image path, or a study's id, images and views."""
+    if isinstance(item, Path):
+        return {"image": str(item), "image_id": item.stem}
+    return {"study_id": item.id, "image": [str(p) for p in item.images], "views": item.views, "image_id": item.id}
+
+
+def batches(items: Sequence, size: int) -> Iterable[List]:
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
 
@@ -87,7 +106,11 @@ def batches(items: Sequence[Path], size: int) -> Iterable[List[Path]]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Generate a report for each image into a JSON-lines file (resumable).")
     add_config_arguments(parser)
-    parser.add_argument("--images", nargs="+", required=True, help="image files, folders, glob patterns or .txt lists")
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--images", nargs="+", help="image files, folders, glob patterns or .txt lists")
+    inputs.add_argument("--study-manifest", type=Path,
+                        help="studies.jsonl: one study per line, {\"id\", \"image\": [paths], \"views\": [names]?}; "
+                             "one report per study from all its images (needs model.max_images >= the views)")
     parser.add_argument("--out", required=True, type=Path, help="JSON-lines output; existing reports are kept and skipped")
     parser.add_argument(
         "--prompt", default=DEFAULT_PROMPT,
@@ -122,9 +145,14 @@ def main(argv: List[str] | None = None) -> int:
         max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, temperature=args.temperature,
         top_p=args.top_p, repetition_penalty=args.repetition_penalty,
     )
-    images = collect_images(args.images)
+    if args.study_manifest:
+        from xraygpt.datasets.study_manifest import read_study_manifest
+
+        images = read_study_manifest(args.study_manifest)
+    else:
+        images = collect_images(args.images)
     done = finished_images(args.out)
-    todo = [path for path in images if _key(path) not in done]
+    todo = [item for item in images if _item_key(item) not in done]
     logger.info("%d images: %d already in %s, %d to do", len(images), len(images) - len(todo), args.out, len(todo))
     if not todo:
         return 0
@@ -149,29 +177,33 @@ def main(argv: List[str] | None = None) -> int:
     with args.out.open("a", encoding="utf-8") as out, tqdm(total=len(todo), disable=args.no_progress, unit="img") as bar:
         for batch in batches(todo, args.batch_size):
             pixels, readable = [], []
-            for path in batch:
+            for item in batch:
                 try:
-                    pixels.append(processor(load_medical_image(path)))
-                    readable.append(path)
+                    pixels.append([processor(load_medical_image(path)) for path in _item_images(item)])
+                    readable.append(item)
                 except ImageLoadError as exc:
                     failures += 1
                     logger.error("%s", exc)
-                    out.write(json.dumps({"image": str(path), "image_id": path.stem, "error": str(exc)}) + "\n")
+                    out.write(json.dumps({**_item_fields(item), "error": str(exc)}) + "\n")
             if readable:
                 start = time.perf_counter()
+                kwargs = settings.generate_kwargs()
+                if args.study_manifest:  # every study's images one after the other, with their counts and views
+                    kwargs.update(image_counts=[len(p) for p in pixels], views=[item.views for item in readable])
                 with torch.inference_mode():
-                    batch_pixels, prompts = torch.stack(pixels).to(device), [args.prompt] * len(readable)
+                    batch_pixels = torch.stack([image for study in pixels for image in study]).to(device)
+                    prompts = [args.prompt] * len(readable)
                     if args.structured:
                         reports, structured = generate_structured(
-                            model, batch_pixels, prompts, args.structured, generator, **settings.generate_kwargs()
+                            model, batch_pixels, prompts, args.structured, generator, **kwargs
                         )
                     else:
-                        reports, structured = model.generate(batch_pixels, prompts, **settings.generate_kwargs()), None
+                        reports, structured = model.generate(batch_pixels, prompts, **kwargs), None
                 seconds = time.perf_counter() - start
                 stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                for number, (path, report) in enumerate(zip(readable, reports)):
+                for number, (item, report) in enumerate(zip(readable, reports)):
                     record = {
-                        "image": str(path), "image_id": path.stem, "prompt": args.prompt, "report": report,
+                        **_item_fields(item), "prompt": args.prompt, "report": report,
                         "seconds": round(seconds / len(readable), 4), "batch_seconds": round(seconds, 4),
                         "created": stamp, "settings": run_settings,
                     }

@@ -45,19 +45,22 @@ def wrap_study_prompt(
 
     ``(" Describe.", 2, ["Frontal", "Lateral"])`` ->
     ``'###Patient: Frontal: <Img><ImageHere></Img> Lateral: <Img><ImageHere></Img> Describe. ###Doctor: '``.
-    A single image with no view is exactly :func:`wrap_prompt`.  A prompt that already holds
-    placeholders must hold one per image.  ``view_template: ""`` leaves the view names out.
+    A single image with no view is exactly :func:`wrap_prompt`.  A prompt with one
+    ``<Img><ImageHere></Img>`` (e.g. the CLI's default) gets the study's segments in its place; a prompt
+    with several placeholders must hold one per image.  ``view_template: ""`` leaves the view names out.
     """
-    if IMAGE_PLACEHOLDER in prompt:
-        found = prompt.count(IMAGE_PLACEHOLDER)
-        if found != num_images:
-            raise ValueError(f"the prompt holds {found} {IMAGE_PLACEHOLDER} for {num_images} images: {prompt!r}")
-        return template.format(prompt)
     views = list(views) if views else [None] * num_images
     if len(views) != num_images:
         raise ValueError(f"{len(views)} view names for {num_images} images")
-    segments = [(view_template.format(view=view) if view and view_template else "") + IMAGE_WRAP for view in views]
-    return template.format(" ".join(segments) + prompt)
+    segments = " ".join((view_template.format(view=view) if view and view_template else "") + IMAGE_WRAP for view in views)
+    found = prompt.count(IMAGE_PLACEHOLDER)
+    if found == 0:
+        return template.format(segments + prompt)
+    if found == 1 and num_images > 1 and IMAGE_WRAP in prompt:
+        return template.format(prompt.replace(IMAGE_WRAP, segments))
+    if found != num_images:
+        raise ValueError(f"the prompt holds {found} {IMAGE_PLACEHOLDER} for {num_images} images: {prompt!r}")
+    return template.format(prompt)
 
 
 def split_at_images(prompt: str, num_images: Optional[int] = None) -> List[str]:
