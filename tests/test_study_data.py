@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,34 @@ def test_phantoms_with_a_lateral_view_keep_the_frontal_images_and_load_as_studie
     assert (big_heart > 150).sum() > (normal > 150).sum()
     with pytest.raises(ValueError, match="views must be frontal or frontal,lateral, got lateral"):
         generate_dataset(tmp_path / "bad", n=1, views=("lateral",))
+
+
+def test_openi_study_level_groups_frontal_and_lateral(sample_data_dir, tmp_path):
+    import csv
+
+    from xraygpt.data_creation.cli import openi_main
+
+    root = sample_data_dir / "openi_kaggle"
+    out = tmp_path / "ds"
+    assert openi_main(["--root", str(root), "--out", str(out), "--offline", "--no-progress", "--study-level",
+                       "--tasks", "report"]) == 0
+    views = {}
+    with open(root / "indiana_projections.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            views.setdefault(row["uid"], []).append((row["projection"], row["filename"]))
+    entries = [e for name in ("filter_cap.json", "filter_cap_val.json", "filter_cap_test.json")
+               for e in json.loads((out / name).read_text())]
+    studies = [e for e in entries if isinstance(e["image"], list)]
+    assert studies and len({e["caption"] for e in entries}) >= len(studies)
+    for entry in studies:
+        frontal, lateral = (Path(p).name for p in entry["image"])
+        uid = frontal.split("_")[0]
+        assert entry["views"] == ["Frontal", "Lateral"]
+        assert frontal == next(f for p, f in views[uid] if p == "Frontal")
+        assert lateral == next(f for p, f in views[uid] if p == "Lateral")
+    # studies without a lateral keep today's one-image entries; the split stays per study (uid)
+    singles = [e for e in entries if isinstance(e["image"], str)]
+    assert all(not any(p == "Lateral" for p, _ in views[Path(e["image"]).name.split("_")[0]]) for e in singles)
+    assert validate_main([str(out)]) == 0
+    assert openi_main(["--root", str(root), "--out", str(tmp_path / "x"), "--offline", "--study-level",
+                       "--all-images"]) == 2
