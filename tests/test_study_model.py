@@ -126,3 +126,38 @@ def test_max_images_caps_with_a_clear_error(repo_root, ref):
         _build(repo_root, max_images=0)
     with pytest.raises(ConfigError, match=r"model.view_template must contain '\{view\}'"):
         _build(repo_root, view_template="View: ")
+
+
+def test_feature_cache_stores_each_view_once_and_gives_the_same_loss(model, seed_reference_dir, tmp_path, caplog):
+    import contextlib
+    import logging
+    import shutil
+
+    from xraygpt.common.dist_utils import DistInfo
+    from xraygpt.datasets.annotations import parse_annotations
+    from xraygpt.datasets.caption_dataset import ImageTextDataset, collate
+    from xraygpt.processors.base import build_processor
+    from xraygpt.runners.feature_cache import FeatureCache
+
+    for name in ("xray_0.png", "xray_1.png", "xray_2.png"):
+        shutil.copy(seed_reference_dir / "images" / name, tmp_path / name)
+    entries = [  # xray_1 is the lateral of two studies and a single-image entry of its own
+        {"image": ["xray_0.png", "xray_1.png"], "views": ["Frontal", "Lateral"], "prompt": "Describe.", "caption": "A."},
+        {"image": ["xray_2.png", "xray_1.png"], "views": ["Frontal", "Lateral"], "prompt": "Describe.", "caption": "B."},
+        {"image": "xray_1.png", "prompt": "Describe.", "caption": "C."},
+    ]
+    (tmp_path / "ann.json").write_text(json.dumps(entries))
+    records, _ = parse_annotations(tmp_path / "ann.json")
+    dataset = ImageTextDataset(records, build_processor({"name": "blip2_image_eval", "image_size": 224}))
+    cache = FeatureCache(model, tmp_path / "cache", "f" * 64, DistInfo(), batch_size=3, autocast=contextlib.nullcontext)
+    with caplog.at_level(logging.INFO, logger="xraygpt.train"):
+        cached = cache.wrap(dataset, seed=0, name="train")
+    assert "3 computed, 2 reused" in caplog.text
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 3
+    batch = cached.collater([cached[i] for i in range(3)])
+    assert batch["image_features"].shape == (5, 8, 64) and batch["image_counts"].tolist() == [2, 2, 1]
+    assert batch["views"] == [["Frontal", "Lateral"], ["Frontal", "Lateral"], None]
+    with torch.no_grad():
+        direct = model(collate([dataset[i] for i in range(3)]))["loss"]
+        from_cache = model(batch)["loss"]
+    assert abs(direct.item() - from_cache.item()) <= 1e-6

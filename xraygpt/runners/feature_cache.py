@@ -10,7 +10,9 @@ training device) and store it under
 The *content hash* is the SHA-256 of the processed image tensor (so a new
 file, a changed processor or image size give new entries); the *encoder
 fingerprint* hashes the frozen weights and architecture that produce the
-features (so a different checkpoint never reads stale features).
+features (so a different checkpoint never reads stale features).  Entries are per
+image, so a study's views are cached one by one and an image shared by several
+entries (a lateral in two studies) is encoded once.
 """
 from __future__ import annotations
 
@@ -102,11 +104,23 @@ class CachedFeatures(Dataset):
             sample = dict(self.texts[index])
         else:  # the text varies between draws (e.g. random prompts): read it fresh, drop the image
             sample = {k: v for k, v in self.dataset[index].items() if k != "image"}
-        sample["image_features"] = load_file(str(self.files[index]))["features"]
+        files = self.files[index]
+        if isinstance(files, list):  # a study: one cached entry per view, [k, Q, D]
+            sample["image_features"] = torch.stack([load_file(str(f))["features"] for f in files])
+            sample["num_images"] = len(files)
+        else:
+            sample["image_features"] = load_file(str(files))["features"]
         return sample
 
     @staticmethod
     def collater(samples: List[Dict[str, Any]]) -> Dict[str, Any]:
+        if any("num_images" in s for s in samples):  # as caption_dataset.collate does for studies
+            features = [s["image_features"] if "num_images" in s else s["image_features"][None] for s in samples]
+            batch = {key: [s.get(key) for s in samples] for key in samples[0] if key not in ("image_features", "num_images")}
+            batch["views"] = [s.get("views") for s in samples]
+            batch["image_features"] = torch.cat(features)
+            batch["image_counts"] = torch.tensor([len(f) for f in features])
+            return batch
         batch: Dict[str, Any] = {key: [s[key] for s in samples] for key in samples[0]}
         batch["image_features"] = torch.stack(batch["image_features"])
         return batch
@@ -135,10 +149,15 @@ class FeatureCache:
         was_training = self.model.training
         self.model.eval()
         for indices, batch in zip(sampler, make_loader(SeededSamples(dataset, seed), sampler, self.num_workers, False)):
-            digests = [image_hash(img) for img in batch["image"]]
-            for row, (index, digest) in enumerate(zip(indices, digests)):
-                found[index] = (digest, {k: v[row] for k, v in batch.items() if k != "image" and isinstance(v, list)})
-            todo = [row for row, digest in enumerate(digests) if not self._path(digest).is_file()]
+            digests = [image_hash(img) for img in batch["image"]]  # one per image (a study has several)
+            counts = batch.get("image_counts")
+            starts = [0, *torch.cumsum(counts, 0).tolist()] if counts is not None else list(range(len(digests) + 1))
+            for row, index in enumerate(indices):
+                own = digests[starts[row] : starts[row + 1]]
+                found[index] = (own if counts is not None else own[0],
+                                {k: v[row] for k, v in batch.items() if k != "image" and isinstance(v, list)})
+            first_row = {digest: row for row, digest in reversed(list(enumerate(digests)))}
+            todo = sorted(row for digest, row in first_row.items() if not self._path(digest).is_file())
             reused += len(digests) - len(todo)
             if todo:
                 with self.autocast():
@@ -150,7 +169,8 @@ class FeatureCache:
         found = self._gather(found)
         logger.info("feature cache %s (%s split): %d computed, %d reused by rank %d", self.folder, name, computed,
                     reused, self.dist.rank)
-        files = [self._path(found[i][0]) for i in range(len(dataset))]
+        files = [[self._path(d) for d in found[i][0]] if isinstance(found[i][0], list) else self._path(found[i][0])
+                 for i in range(len(dataset))]
         texts = None if text_varies else [found[i][1] for i in range(len(dataset))]
         return CachedFeatures(dataset, files, texts)
 
