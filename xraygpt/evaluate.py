@@ -135,7 +135,8 @@ def generate_records(
                 if batch is None:  # every sample of the batch was unreadable (and the policy is skip)
                     continue
                 prompts = list(batch["prompt"])
-                outputs = model.generate(batch["image"].to(device), prompts, **generation_kwargs)
+                studies = {k: batch[k] for k in ("image_counts", "views") if k in batch}  # several views per sample
+                outputs = model.generate(batch["image"].to(device), prompts, **generation_kwargs, **studies)
                 if len(outputs) != len(prompts):
                     raise RuntimeError(f"model.generate returned {len(outputs)} texts for a batch of {len(prompts)}")
                 marked = batch.get("question") or [None] * len(prompts)
