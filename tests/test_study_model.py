@@ -161,3 +161,25 @@ def test_feature_cache_stores_each_view_once_and_gives_the_same_loss(model, seed
         direct = model(collate([dataset[i] for i in range(3)]))["loss"]
         from_cache = model(batch)["loss"]
     assert abs(direct.item() - from_cache.item()) <= 1e-6
+
+
+@torch.no_grad()
+def test_chat_about_a_two_view_study(model, ref):
+    from xraygpt.conversation.chat import Chat
+    from xraygpt.conversation.generation import GenerationSettings
+
+    chat = Chat(model, lambda image: image)  # the fixture's tensors are already processed
+    one, two = chat.new_state(), chat.new_state()
+    chat.upload_img(ref["images"][0], one)
+    chat.upload_img([ref["images"][0], ref["images"][1]], two, views=["Frontal", "Lateral"])
+    assert two.image_features.shape == (2, 8, 64)
+    assert two.conversation.messages[0][1] == "Frontal: <Img><ImageHere></Img> Lateral: <Img><ImageHere></Img>"
+    for state in (one, two):
+        chat.ask("Describe the study.", state)
+    assert chat.context_length(two.conversation.prompt(), two.image_features) > \
+        chat.context_length(one.conversation.prompt(), one.image_features) + 8
+    settings = GenerationSettings(max_new_tokens=6, temperature=0)
+    reply = chat.answer(two, settings)
+    assert isinstance(reply, str) and two.conversation.messages[-1][1] == reply
+    with pytest.raises(ValueError, match=r"^4 images but this model takes at most 3 \(model.max_images\)$"):
+        chat.upload_img([ref["images"][0]] * 4, chat.new_state())

@@ -174,6 +174,8 @@ class MiniGPT4(nn.Module):
 
     def _image_counts(self, counts: Optional[Any], num_images: int, batch_size: int) -> Optional[List[int]]:
         """Images per sample (None: one each); studies above ``model.max_images`` are refused."""
+        if counts is None and batch_size == 1 and num_images > 1:
+            counts = [num_images]  # one prompt with all of them (e.g. a chat about a study)
         if counts is None:
             if num_images != batch_size:
                 raise ValueError(f"{batch_size} prompts for {num_images} images (studies of several images need image_counts)")

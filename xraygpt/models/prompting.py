@@ -49,10 +49,7 @@ def wrap_study_prompt(
     ``<Img><ImageHere></Img>`` (e.g. the CLI's default) gets the study's segments in its place; a prompt
     with several placeholders must hold one per image.  ``view_template: ""`` leaves the view names out.
     """
-    views = list(views) if views else [None] * num_images
-    if len(views) != num_images:
-        raise ValueError(f"{len(views)} view names for {num_images} images")
-    segments = " ".join((view_template.format(view=view) if view and view_template else "") + IMAGE_WRAP for view in views)
+    segments = image_segments(num_images, views, view_template)
     found = prompt.count(IMAGE_PLACEHOLDER)
     if found == 0:
         return template.format(segments + prompt)
@@ -61,6 +58,14 @@ def wrap_study_prompt(
     if found != num_images:
         raise ValueError(f"the prompt holds {found} {IMAGE_PLACEHOLDER} for {num_images} images: {prompt!r}")
     return template.format(prompt)
+
+
+def image_segments(num_images: int, views: Optional[Sequence[Optional[str]]] = None, view_template: str = "{view}: ") -> str:
+    """``'Frontal: <Img><ImageHere></Img> Lateral: <Img><ImageHere></Img>'``: the images of a study, in order."""
+    views = list(views) if views else [None] * num_images
+    if len(views) != num_images:
+        raise ValueError(f"{len(views)} view names for {num_images} images")
+    return " ".join((view_template.format(view=view) if view and view_template else "") + IMAGE_WRAP for view in views)
 
 
 def split_at_images(prompt: str, num_images: Optional[int] = None) -> List[str]:
