@@ -44,3 +44,26 @@ def test_table_escapes_model_text():
                             "severity": None, "evidence": 'say "hi" <img>'}], "impression": "", "no_finding": False}
     html = findings_table_html(report)
     assert "<script>" not in html and "&lt;script&gt;" in html and 'title="say &quot;hi&quot; &lt;img&gt;"' in html
+
+
+def test_upload_of_several_files_opens_a_study(seed_reference_dir):
+    calls = []
+
+    class FakeChat:
+        model = types.SimpleNamespace(config=types.SimpleNamespace(ckpt=None, max_images=2))
+
+        def new_state(self):
+            return "state"
+
+        def upload_img(self, images, state):
+            calls.append(images)
+
+    handlers = DemoHandlers(FakeChat(), max_file_size=20 * 1024**2)
+    paths = [str(seed_reference_dir / "images" / n) for n in ("xray_0.png", "xray_1.png")]
+    state, preview, history, status = handlers.upload(paths)
+    assert state == "state" and len(calls[0]) == 2 and preview.size == calls[0][0].size
+    assert status == "**xray_0.png, xray_1.png** loaded. Ask a question about the study."
+    _, _, _, status = handlers.upload(paths + [paths[0]])
+    assert status == "**Error:** 3 files uploaded, but this model reads at most 2 image(s) per study."
+    handlers.upload([paths[0]])
+    assert not isinstance(calls[-1], list)  # one file: today's single-image upload

@@ -124,30 +124,41 @@ class DemoHandlers:
         self.max_file_size = max_file_size
         self.model_name = model_name
 
-    def upload(self, file_path: Optional[str]) -> Tuple[Any, Any, History, str]:
-        """New image -> fresh conversation.  Returns (state, preview image, history, status)."""
-        if not file_path:
-            return None, None, [], "Upload a chest x-ray (PNG, JPEG or DICOM) to start."
-        name = Path(file_path).name
-        problem = self._check_file(Path(file_path))
-        if problem:
-            return None, None, [], problem
-        from xraygpt.datasets.image_io import ImageLoadError, load_medical_image
+    def upload(self, file_path: Any) -> Tuple[Any, Any, History, str]:
+        """New image(s) -> fresh conversation.  Returns (state, preview image, history, status).
 
-        try:
-            image = load_medical_image(file_path)
-        except ImageLoadError as exc:
-            logger.info("rejected upload %s: %s", name, exc)
+        Several files are the views of one study (in upload order), for a model with ``model.max_images`` > 1.
+        """
+        paths = [p for p in (file_path if isinstance(file_path, (list, tuple)) else [file_path]) if p]
+        if not paths:
+            return None, None, [], "Upload a chest x-ray (PNG, JPEG or DICOM) to start."
+        names = ", ".join(Path(p).name for p in paths)
+        limit = getattr(getattr(getattr(self.chat, "model", None), "config", None), "max_images", 1)
+        if len(paths) > limit:
             return None, None, [], (
-                f"**Error:** Could not read **{name}** as an image. Please upload a valid PNG, JPEG or DICOM file."
+                f"**Error:** {len(paths)} files uploaded, but this model reads at most {limit} image(s) per study."
             )
+        images = []
+        for path in paths:
+            problem = self._check_file(Path(path))
+            if problem:
+                return None, None, [], problem
+            from xraygpt.datasets.image_io import ImageLoadError, load_medical_image
+
+            try:
+                images.append(load_medical_image(path))
+            except ImageLoadError as exc:
+                logger.info("rejected upload %s: %s", Path(path).name, exc)
+                return None, None, [], (
+                    f"**Error:** Could not read **{Path(path).name}** as an image. Please upload a valid PNG, JPEG or DICOM file."
+                )
         try:
             state = self.chat.new_state()
-            self.chat.upload_img(image, state)
+            self.chat.upload_img(images[0] if len(images) == 1 else images, state)
         except Exception:
-            logger.exception("encoding %s failed", name)
+            logger.exception("encoding %s failed", names)
             return None, None, [], "**Error:** The image could not be processed; the error was logged on the server."
-        return state, image, [], f"**{name}** loaded. Ask a question about it."
+        return state, images[0], [], f"**{names}** loaded. Ask a question about {'it' if len(images) == 1 else 'the study'}."
 
     def ask(self, text: str, history: History, state: Any) -> Tuple[str, History, Any, str]:
         """Record the question.  Returns (textbox value, history, state, status)."""
@@ -280,14 +291,14 @@ def build_demo(handlers: DemoHandlers, examples: List[str], concurrency: int, qu
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(
-                    label="Image (PNG, JPEG or DICOM)", file_types=list(UPLOAD_SUFFIXES), type="filepath",
-                    elem_id="upload",
+                    label="Image (PNG, JPEG or DICOM; several files = the views of one study)",
+                    file_types=list(UPLOAD_SUFFIXES), type="filepath", file_count="multiple", elem_id="upload",
                 )
                 preview = gr.Image(
                     label="Loaded image", type="pil", interactive=False, height=260, buttons=["fullscreen"]
                 )
                 if examples:
-                    gr.Examples(examples=[[p] for p in examples], inputs=[upload], label="Example phantoms (synthetic)")
+                    gr.Examples(examples=[[[p]] for p in examples], inputs=[upload], label="Example phantoms (synthetic)")
                 num_beams = gr.Slider(1, 5, value=1, step=1, label="Beam search (number of beams)", elem_id="num-beams")
                 temperature = gr.Slider(
                     0.0, 2.0, value=1.0, step=0.1, label="Temperature (0 = greedy)", elem_id="temperature"
