@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from tests.test_eval_cli import CAPTIONS  # four reports (right/no/left effusion, cardiomegaly) and a VQA "yes"
 from xraygpt import evaluate
 from xraygpt.common.registry import registry
 from xraygpt.evaluation.structured_scores import score_structured
@@ -13,13 +14,6 @@ from xraygpt.structured import extract_report, schema_errors
 
 GEN = {"mode": "extract", "model": "t", "checkpoint_sha256": None, "settings": {}}
 ECHO = "There is a small right pleural effusion. Heart size is normal."
-CAPTIONS = [
-    "There is a large right pleural effusion.",
-    "No pleural effusion. Heart size is normal.",
-    "Cardiomegaly. No pneumothorax.",
-    "Small left pleural effusion.",
-    "yes",
-]
 
 
 def _scores(predictions, references):
