@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import base64
 import socket
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,30 +40,19 @@ class RunningServer:
     model: Any
     processor: Any
     app: Any
-    server: Any
-    thread: threading.Thread
+    background: Any
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+        self.background.stop()
 
 
 def start_server(model, processor, settings) -> RunningServer:
-    import uvicorn
-
     from xraygpt.serve.app import create_app
+    from xraygpt.serve.background import serve_in_thread
 
     app = create_app(model, processor, settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("test server did not start")
-        time.sleep(0.05)
-    return RunningServer(f"http://127.0.0.1:{port}", model, processor, app, server, thread)
+    background = serve_in_thread(app)
+    return RunningServer(background.url, model, processor, app, background)
 
 
 def reference_answer(model, processor, image_path: Path, question: str, max_new_tokens: int,

@@ -253,3 +253,9 @@ def test_full_queue_gets_429_with_retry_after(server, client, images):
         batcher.max_queue = 64
     assert info.value.response.headers["retry-after"] == "1"
     assert "server is busy" in info.value.response.json()["error"]["message"]
+
+
+def test_ignore_eos_decodes_exactly_max_tokens(client, images):
+    reply = client.chat.completions.create(model="xraygpt", messages=_ask(data_url(images[0]), "Findings?"),
+                                           max_tokens=60, temperature=0, extra_body={"ignore_eos": True})
+    assert reply.usage.completion_tokens == 60 and reply.choices[0].finish_reason == "length"

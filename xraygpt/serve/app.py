@@ -107,7 +107,7 @@ class ChatService:
         return GenerationRequest(
             prompt=plan.prompt, pixels=pixels, max_new_tokens=max_new,
             temperature=float(body.temperature or 0.0), top_p=float(body.top_p if body.top_p is not None else 1.0),
-            seed=body.seed, stops=self.stops_for(body),
+            seed=body.seed, stops=self.stops_for(body), ignore_eos=bool(body.ignore_eos),
         )
 
     def usage(self, done: Dict[str, Any], images: int) -> Usage:

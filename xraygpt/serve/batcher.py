@@ -44,6 +44,8 @@ class GenerationRequest:
     top_p: float = 1.0
     seed: Optional[int] = None
     stops: Sequence[str] = ()
+    ignore_eos: bool = False
+    """Decode exactly ``max_new_tokens`` tokens, past EOS and stop strings (benchmarks)."""
     on_event: Callable[[str, Dict[str, Any]], None] = lambda kind, data: None
     """``("delta", {"text"})``, ``("done", {"text", "finish_reason", "completion_tokens", "prompt_tokens"})``
     or ``("error", {"message"})``; called from the worker thread."""
@@ -58,7 +60,7 @@ class GenerationRequest:
 class _Row:
     def __init__(self, request: GenerationRequest, tokenizer, prompt_tokens: int, device: torch.device):
         self.request = request
-        self.answer = AnswerText(tokenizer, request.stops)
+        self.answer = AnswerText(tokenizer, () if request.ignore_eos else request.stops)
         self.prompt_tokens = prompt_tokens
         self.generator: Optional[torch.Generator] = None
         if request.temperature > 0:
@@ -224,7 +226,7 @@ class ContinuousBatcher:
             row = self.rows[index]
             if row.request.cancelled.is_set():
                 continue
-            if token == eos:
+            if token == eos and not row.request.ignore_eos:
                 row.answer.ids.append(token)
                 row.finish("stop")
                 continue
@@ -238,7 +240,7 @@ class ContinuousBatcher:
         keep = []
         for index, row in enumerate(self.rows):
             done = row.answer.stopped or len(row.answer.ids) >= row.request.max_new_tokens or (
-                row.answer.ids and row.answer.ids[-1] == eos)
+                row.answer.ids[-1:] == [eos] and not row.request.ignore_eos)
             if row.request.cancelled.is_set():
                 self.stats["cancelled"] += 1
             elif done:

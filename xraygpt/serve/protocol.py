@@ -53,6 +53,8 @@ class ChatCompletionRequest(BaseModel):
     stream_options: Optional[StreamOptions] = None
     response_format: Optional[Dict[str, Any]] = None
     user: Optional[str] = None
+    ignore_eos: Optional[bool] = False
+    """vLLM's extension: decode exactly ``max_tokens`` tokens, past EOS and stop strings (for benchmarks)."""
 
 
 class Usage(BaseModel):
