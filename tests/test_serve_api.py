@@ -259,3 +259,35 @@ def test_ignore_eos_decodes_exactly_max_tokens(client, images):
     reply = client.chat.completions.create(model="xraygpt", messages=_ask(data_url(images[0]), "Findings?"),
                                            max_tokens=60, temperature=0, extra_body={"ignore_eos": True})
     assert reply.usage.completion_tokens == 60 and reply.choices[0].finish_reason == "length"
+
+
+def test_late_arrival_joins_a_running_batch(server, client, images):
+    """A request that arrives while another decodes joins at the next step and is answered first."""
+    import threading
+
+    expected = reference_answer(server.model, server.processor, images[2], "Any effusion?", 12)
+    first_chunk, long_done = threading.Event(), threading.Event()
+    before = _stats(server)["stats"]
+
+    def long_stream():
+        stream = client.chat.completions.create(model="xraygpt", messages=_ask(data_url(images[0]), "Describe."),
+                                                max_tokens=1000, temperature=0, stream=True,
+                                                extra_body={"ignore_eos": True})
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:  # decoding has started
+                first_chunk.set()
+        long_done.set()
+
+    worker = threading.Thread(target=long_stream)
+    worker.start()
+    assert first_chunk.wait(60)
+    reply = client.chat.completions.create(model="xraygpt", messages=_ask(data_url(images[2]), "Any effusion?"),
+                                           max_tokens=12, temperature=0)
+    answered_first = not long_done.is_set()
+    worker.join(120)
+    after = _stats(server)["stats"]
+    assert reply.choices[0].message.content == expected
+    assert answered_first
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in ("prefill_batches", "rows_decoded", "decode_steps")}
+    assert delta["prefill_batches"] == 2
+    assert delta["rows_decoded"] > delta["decode_steps"]  # some steps decoded both rows
