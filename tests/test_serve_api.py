@@ -291,3 +291,30 @@ def test_late_arrival_joins_a_running_batch(server, client, images):
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in ("prefill_batches", "rows_decoded", "decode_steps")}
     assert delta["prefill_batches"] == 2
     assert delta["rows_decoded"] > delta["decode_steps"]  # some steps decoded both rows
+
+
+def test_chunked_oversized_body(server):
+    """Without Content-Length the cap is enforced while the body arrives."""
+    def body():
+        for _ in range(40):
+            yield b"x" * 32768
+
+    response = httpx.post(f"{server.url}/v1/chat/completions", content=body(), timeout=30,
+                          headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+
+
+def test_dropped_non_streaming_request_is_cancelled(server, images):
+    before = _stats(server)["stats"].get("cancelled", 0)
+    body = {"model": "xraygpt", "messages": _ask(data_url(images[1]), "Describe."), "max_tokens": 1000,
+            "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(30, read=0.5),
+                   headers={"Authorization": f"Bearer {API_KEY}"})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        health = _stats(server)
+        if health["running"] == 0 and health["stats"].get("cancelled", 0) > before:
+            break
+        time.sleep(0.1)
+    assert health["running"] == 0 and health["stats"]["cancelled"] == before + 1
