@@ -124,8 +124,7 @@ def create_app(model: Any, vis_processor: Callable, settings: ServeSettings,
     service = ChatService(model, vis_processor, settings, batcher)
 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if batcher._thread is None:
-            batcher.start()
+        batcher.start()
         yield
         batcher.stop()
 

@@ -118,6 +118,9 @@ class ContinuousBatcher:
 
     # ------------------------------------------------------------------ API
     def start(self) -> "ContinuousBatcher":
+        """Start the worker thread (once; later calls do nothing)."""
+        if self._thread is not None:
+            return self
         self._thread = threading.Thread(target=self._run, name="xraygpt-batcher", daemon=True)
         self._thread.start()
         return self
