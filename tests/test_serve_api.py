@@ -144,6 +144,7 @@ def test_sampling_with_seed_is_reproducible(client, images):
 
 def test_disconnect_mid_stream_frees_the_slot(server, client, images):
     before = _stats(server)["stats"].get("cancelled", 0)
+    decoded_before = _stats(server)["stats"].get("rows_decoded", 0)
     stream = client.chat.completions.create(model="xraygpt", messages=_ask(data_url(images[0]), "Describe."),
                                             max_tokens=1000, temperature=0.8, seed=1, stream=True,
                                             extra_body={"stop": ["never-appears-1"]})
@@ -159,6 +160,7 @@ def test_disconnect_mid_stream_frees_the_slot(server, client, images):
         time.sleep(0.1)
     assert health["running"] == 0
     assert health["stats"]["cancelled"] == before + 1
+    assert health["stats"]["rows_decoded"] - decoded_before < 999  # stopped early, not run to max_tokens
 
 
 def _error(call):
@@ -306,6 +308,7 @@ def test_chunked_oversized_body(server):
 
 def test_dropped_non_streaming_request_is_cancelled(server, images):
     before = _stats(server)["stats"].get("cancelled", 0)
+    decoded_before = _stats(server)["stats"].get("rows_decoded", 0)
     body = {"model": "xraygpt", "messages": _ask(data_url(images[1]), "Describe."), "max_tokens": 1000,
             "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
@@ -318,3 +321,4 @@ def test_dropped_non_streaming_request_is_cancelled(server, images):
             break
         time.sleep(0.1)
     assert health["running"] == 0 and health["stats"]["cancelled"] == before + 1
+    assert health["stats"]["rows_decoded"] - decoded_before < 999  # stopped early, not run to max_tokens

@@ -223,20 +223,23 @@ def _wrap(app: FastAPI, settings: ServeSettings):
 
 
 async def _wait_for_answer(request: Request, generation: GenerationRequest, events: asyncio.Queue) -> Dict[str, Any]:
-    """The ``done`` event; a client that goes away meanwhile cancels its row."""
+    """The ``done`` event; a client that goes away meanwhile (checked every 0.5 s) cancels its row."""
+    checked = time.monotonic()
     try:
         while True:
             try:
                 kind, data = await asyncio.wait_for(events.get(), timeout=0.5)
             except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    generation.cancel()
-                    raise APIError(499, "client closed the request")
-                continue
+                kind, data = "", {}
             if kind == "done":
                 return data
             if kind == "error":
                 raise APIError(500, data["message"], type="server_error")
+            if time.monotonic() - checked >= 0.5:  # deltas keep coming: look at the connection between them too
+                checked = time.monotonic()
+                if await request.is_disconnected():
+                    generation.cancel()
+                    raise APIError(499, "client closed the request")
     except asyncio.CancelledError:
         generation.cancel()
         raise
