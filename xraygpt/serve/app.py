@@ -15,7 +15,6 @@ import logging
 import time
 from typing import Any, AsyncIterator, Callable, Dict, List, Optional
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
