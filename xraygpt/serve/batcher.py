@@ -244,10 +244,10 @@ class ContinuousBatcher:
         for index, row in enumerate(self.rows):
             done = row.answer.stopped or len(row.answer.ids) >= row.request.max_new_tokens or (
                 row.answer.ids[-1:] == [eos] and not row.request.ignore_eos)
-            if row.request.cancelled.is_set():
-                self.stats["cancelled"] += 1
-            elif done:
+            if done:  # first: a client may close right after its last event, before this loop
                 self.stats["finished"] += 1
+            elif row.request.cancelled.is_set():
+                self.stats["cancelled"] += 1
             else:
                 keep.append(index)
         if len(keep) != len(self.rows):
