@@ -1,0 +1,180 @@
+"""run.strategy: fsdp (FSDP2 on gloo, CPU) and its sharded DCP checkpoints, on a tiny real MiniGPT-4.
+
+The 2-process runs go through torchrun and train.py exactly as a user would; one module-level set of runs
+serves several tests to keep the file fast on 2 cores.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import REPO_ROOT
+from tests.fsdp_support import TINY_MODEL, write_config
+from tests.train_support import train_in_process
+from xraygpt.common import checkpointing as ckpt
+from xraygpt.runners import distributed_checkpoint as dcp_ckpt
+
+RUN = {"save_freq": 2, "keep_last_n": 0, "max_epoch": 2}  # 24 samples / global batch 4: 12 steps
+
+
+def _env(**extra):
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", **extra}
+
+
+def _torchrun(config, nproc=2):
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone",
+            "-m", "tests.fsdp_support", "--cfg-path", str(config)]
+
+
+def _losses(job_dir):
+    rows = [json.loads(line) for line in (job_dir / "log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+
+
+def _assert_close(a, b, tol=1e-5):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=tol, atol=tol, msg=key)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One process without FSDP (batch 4) and 2 FSDP processes (batch 2 each, activation checkpointing)."""
+    root = tmp_path_factory.mktemp("fsdp")
+    single = write_config(root, run={**RUN, "batch_size_train": 4, "job_id": "single"}, name="single.yaml")
+    train_in_process(single)
+    fsdp_cfg = {**RUN, "batch_size_train": 2, "strategy": "fsdp", "activation_checkpointing": True}
+    reference = write_config(root, run={**fsdp_cfg, "job_id": "reference"}, name="reference.yaml")
+    out = subprocess.run(_torchrun(reference), cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return {"root": root, "out": root / "out", "fsdp_cfg": fsdp_cfg, "stderr": out.stderr}
+
+
+def test_fsdp_two_processes_match_one_process(runs):
+    """Full LLM unfrozen: 2 gloo processes x batch 2 under FSDP2 == 1 process x batch 4 without it."""
+    assert "FSDP2: 2 decoder layers + root sharded over 2 process(es)" in runs["stderr"]
+    assert "activation checkpointing: 2 decoder layers" in runs["stderr"]
+    single, reference = runs["out"] / "single", runs["out"] / "reference"
+    la, lb = _losses(single), _losses(reference)
+    assert sorted(la) == list(range(1, 13)) and la.keys() == lb.keys()
+    assert all(abs(la[k] - lb[k]) < 1e-5 for k in la), (la, lb)
+    assert la[12] < la[1] - 0.3  # it learns
+    from safetensors.torch import load_file
+
+    full = load_file(str(reference / "model_best.safetensors"))  # gathered from the shards at the end
+    assert any(k.startswith("llama_model.model.layers.1.mlp") for k in full)
+    _assert_close(load_file(str(single / "model_best.safetensors")), full)
+    step = reference / "checkpoints" / "step_00000012"
+    assert sorted(p.name for p in (step / "dcp").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert not (step / ckpt.WEIGHTS_FILE).exists()  # nobody gathered the model to save it
+
+
+def _descendants(pid):
+    """Child process ids, recursively (from /proc; torchrun puts its workers in their own sessions)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry))
+    return [p for child in children for p in (child, *_descendants(child))]
+
+
+def _kill_after(config, checkpoint, delay="0.4"):
+    log = config.with_suffix(".log")
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(_torchrun(config), cwd=REPO_ROOT, env=_env(TINY_STEP_DELAY=delay),
+                                stdout=subprocess.DEVNULL, stderr=handle)
+    deadline = time.time() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    running = proc.poll() is None
+    for pid in [proc.pid, *_descendants(proc.pid)]:  # torchrun and both workers, as a node failure would
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=60)
+    assert running and checkpoint.exists(), log.read_text()[-3000:]
+    assert not (checkpoint.parent / "step_00000012").exists()
+
+
+@pytest.fixture(scope="module")
+def killed(runs):
+    """The reference FSDP run, SIGKILLed (all processes) after its step-4 checkpoint."""
+    config = write_config(runs["root"], run={**runs["fsdp_cfg"], "job_id": "killed"}, name="killed.yaml")
+    step4 = runs["out"] / "killed" / "checkpoints" / "step_00000004"
+    _kill_after(config, step4)
+    return step4
+
+
+def test_resume_after_sigkill_same_world_size_is_bit_identical(runs, killed):
+    assert [p.name for p in ckpt.list_checkpoints(killed.parent)][0] == "step_00000002"
+    reference = runs["out"] / "reference"
+    resumed = write_config(runs["root"], run={**runs["fsdp_cfg"], "job_id": "resumed", "resume_ckpt_path": str(killed)},
+                           name="resumed.yaml")
+    out = subprocess.run(_torchrun(resumed), cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "resumed from" in out.stderr
+    ref_w = dcp_ckpt.read_full_weights(reference / "checkpoints" / "step_00000012")
+    res_w = dcp_ckpt.read_full_weights(runs["out"] / "resumed" / "checkpoints" / "step_00000012")
+    assert ref_w.keys() == res_w.keys()
+    for key in ref_w:
+        assert torch.equal(ref_w[key], res_w[key]), key
+    ref_l, res_l = _losses(reference), _losses(runs["out"] / "resumed")
+    assert sorted(res_l) == list(range(5, 13)) and all(res_l[k] == ref_l[k] for k in res_l)
+
+
+def test_resume_on_one_process_from_two(runs, killed):
+    """2 -> 1 processes: the same weights at the resume point, then the same training (same global batch)."""
+    reference = runs["out"] / "reference"
+    at_kill = dcp_ckpt.read_full_weights(killed)
+    for key, value in dcp_ckpt.read_full_weights(reference / "checkpoints" / "step_00000004").items():
+        assert torch.equal(at_kill[key], value), key
+    one = write_config(runs["root"], run={**runs["fsdp_cfg"], "batch_size_train": 4, "job_id": "one",
+                                          "resume_ckpt_path": str(killed)}, name="one.yaml")
+    state = train_in_process(one)
+    assert state["global_step"] == 12
+    ref_l, one_l = _losses(reference), _losses(runs["out"] / "one")
+    assert sorted(one_l) == list(range(5, 13))
+    assert abs(one_l[5] - ref_l[5]) < 1e-6  # the first step after resuming sees the checkpoint's weights
+    assert all(abs(one_l[k] - ref_l[k]) < 1e-5 for k in one_l)
+    _assert_close(dcp_ckpt.read_full_weights(runs["out"] / "one" / "checkpoints" / "step_00000012"),
+                  dcp_ckpt.read_full_weights(reference / "checkpoints" / "step_00000012"))
+
+
+def test_export_and_refusals(runs, tmp_path):
+    step = runs["out"] / "reference" / "checkpoints" / "step_00000006"
+    out, pth = tmp_path / "w.safetensors", tmp_path / "w.pth"
+    res = subprocess.run([sys.executable, "-m", "xraygpt.runners.distributed_checkpoint", str(step), "--out", str(out),
+                          "--original-pth", str(pth)], cwd=REPO_ROOT, env=_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    from safetensors.torch import load_file
+
+    weights = load_file(str(out))
+    original = torch.load(pth, weights_only=True)["model"]
+    assert weights.keys() == original.keys() and "llama_proj.weight" in weights
+    assert all(torch.equal(weights[k], original[k]) for k in weights)
+    # The export loads as model.ckpt into the same architecture.
+    from xraygpt.models.mini_gpt4 import MiniGPT4
+
+    model = MiniGPT4.from_config({**TINY_MODEL, "arch": "mini_gpt4", "ckpt": str(out)})
+    assert torch.equal(model.llama_proj.weight.detach(), weights["llama_proj.weight"])
+
+    ddp_ckpt = runs["out"] / "single" / "checkpoints" / "step_00000004"
+    cfg = write_config(tmp_path, run={**runs["fsdp_cfg"], "resume_ckpt_path": str(ddp_ckpt)})
+    with pytest.raises(ckpt.CheckpointError, match="written with run.strategy: ddp"):
+        train_in_process(cfg)
+    lora = write_config(tmp_path, run={**runs["fsdp_cfg"], "resume_ckpt_path": str(step)}, name="lora.yaml",
+                        model={"freeze_llm": True, "lora": {"r": 2, "target_modules": ["q_proj"]}})
+    with pytest.raises(ckpt.CheckpointError, match="does not match this model's trainable weights"):
+        train_in_process(lora)
