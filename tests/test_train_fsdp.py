@@ -178,3 +178,114 @@ def test_export_and_refusals(runs, tmp_path):
                         model={"freeze_llm": True, "lora": {"r": 2, "target_modules": ["q_proj"]}})
     with pytest.raises(ckpt.CheckpointError, match="does not match this model's trainable weights"):
         train_in_process(lora)
+
+
+# ------------------------------------------------------------ in one process (a private process group)
+def _tiny_model(**overrides):
+    from xraygpt.models.mini_gpt4 import MiniGPT4
+
+    torch.manual_seed(0)
+    return MiniGPT4.from_config({**TINY_MODEL, "arch": "mini_gpt4", **overrides})
+
+
+def _batch():
+    generator = torch.Generator().manual_seed(1)
+    return {"image": torch.randn(2, 3, 8, 8, generator=generator), "prompt": ["describe", "describe"],
+            "caption": ["left effusion", "heart normal"]}
+
+
+@pytest.fixture
+def sharding():
+    """shard(model, **run keys) with FSDP2 on a private 1-process gloo group, torn down afterwards."""
+    from xraygpt.common.dist_utils import DistInfo, cleanup_distributed
+    from xraygpt.common.schema import RunConfig
+    from xraygpt.runners import fsdp
+
+    def shard(model, **run):
+        cfg = RunConfig(task="image_text_pretrain", device="cpu", strategy="fsdp", **run)
+        if cfg.activation_checkpointing:
+            fsdp.checkpoint_decoder_layers(model)
+        return fsdp.shard_model(model, cfg, DistInfo()), cfg
+
+    yield shard
+    cleanup_distributed()
+
+
+def test_lora_with_fsdp_trains_and_saves_only_the_adapters(sharding, tmp_path):
+    from xraygpt.common.optims import build_optimizer
+
+    model, cfg = sharding(_tiny_model(freeze_llm=True, lora={"r": 2, "target_modules": ["q_proj", "v_proj"]}))
+    model.train()
+    model(_batch())["loss"].backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert with_grad == trainable
+    assert {n.split(".")[0] for n in with_grad} == {"llama_model", "llama_proj"}
+    assert all("lora_" in n for n in with_grad if n.startswith("llama_model."))
+    assert sum("lora_A" in n for n in with_grad) == 4  # q and v of 2 layers
+    optimizer = build_optimizer(model, cfg)
+    optimizer.step()
+    folder = dcp_ckpt.save_sharded_checkpoint(tmp_path / "step_00000001", model, optimizer, training_state={},
+                                              config_yaml="", meta={"global_step": 1}, is_main=True)
+    saved = dcp_ckpt.read_full_weights(folder)
+    assert set(saved) == trainable
+    named = dict(model.named_parameters())
+    assert all(torch.equal(saved[k], named[k].full_tensor().detach()) for k in saved)
+
+
+def test_activation_checkpointing_recomputes_layers_under_fsdp(sharding):
+    plain = _tiny_model()
+    plain(_batch())["loss"].backward()
+    calls = []
+    model, _ = sharding(_tiny_model(), activation_checkpointing=True)
+    from xraygpt.runners.fsdp import decoder_layers
+
+    # A pre-hook: the non-reentrant recomputation stops early, once it has what the backward needs.
+    decoder_layers(model)[0].mlp.register_forward_pre_hook(lambda *_: calls.append(1))
+    model.train()
+    model(_batch())["loss"].backward()
+    assert len(calls) == 2  # the forward, and its recomputation in the backward
+    for (name, p), q in zip(plain.named_parameters(), model.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(q.grad.full_tensor(), p.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_frozen_image_side_is_replicated_or_sharded(sharding):
+    from torch.distributed.tensor import DTensor
+
+    expected = _tiny_model()(_batch())["loss"]
+    replicated, _ = sharding(_tiny_model())
+    assert not isinstance(replicated.visual_encoder.vit.embeddings.patch_embedding.weight, DTensor)
+    assert isinstance(replicated.llama_proj.weight, DTensor)
+    torch.testing.assert_close(replicated(_batch())["loss"], expected)
+    sharded, _ = sharding(_tiny_model(), fsdp_shard_frozen=True)
+    assert isinstance(sharded.visual_encoder.vit.embeddings.patch_embedding.weight, DTensor)
+    assert isinstance(sharded.qformer.layernorm.weight, DTensor)
+    torch.testing.assert_close(sharded(_batch())["loss"], expected)
+
+
+def test_interrupted_sharded_save_leaves_the_last_checkpoint_loadable(sharding, tmp_path, monkeypatch):
+    import torch.distributed.checkpoint as dcp
+
+    from xraygpt.common.optims import build_optimizer
+
+    model, cfg = sharding(_tiny_model())
+    optimizer = build_optimizer(model, cfg)
+    good = dcp_ckpt.save_sharded_checkpoint(tmp_path / "step_00000001", model, optimizer, training_state={"x": 1},
+                                            config_yaml="", meta={"global_step": 1}, is_main=True)
+    real_save = dcp.save
+
+    def dies_midway(state, checkpoint_id):
+        real_save(state, checkpoint_id=checkpoint_id)  # shards on disk, meta.json not yet
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(dcp, "save", dies_midway)
+    with pytest.raises(SystemExit):
+        dcp_ckpt.save_sharded_checkpoint(tmp_path / "step_00000002", model, optimizer, training_state={},
+                                         config_yaml="", meta={"global_step": 2}, is_main=True)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000001"]
+    assert dcp_ckpt.load_sharded_checkpoint(good, model, optimizer)["x"] == 1
+    assert ckpt.remove_stale_temporaries(tmp_path) == 1
+    (good / "dcp" / "__0_0.distcp").write_bytes(b"truncated")
+    with pytest.raises(ckpt.CheckpointError, match="has another size"):
+        dcp_ckpt.load_sharded_checkpoint(good, model, optimizer)
