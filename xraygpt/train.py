@@ -25,7 +25,32 @@ logger = logging.getLogger("xraygpt.train")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train an xraygpt model from a YAML config.")
     add_config_arguments(parser)
+    plan = parser.add_argument_group("memory plan")
+    plan.add_argument("--dry-run", action="store_true",
+                      help="print parameter, gradient, optimizer and activation memory per GPU, load nothing, exit")
+    plan.add_argument("--processes", type=int, default=None,
+                      help="plan for this many GPUs (default: WORLD_SIZE under torchrun, else 1)")
+    plan.add_argument("--gpu-memory-gib", type=float, default=None,
+                      help="GPU memory to check the plan against (default: the smallest visible GPU), e.g. 80, 141")
+    plan.add_argument("--seq-len", type=int, default=None,
+                      help="tokens per sample (default: query tokens + model.max_txt_len + 24 for the prompt)")
     return parser
+
+
+def print_memory_plan(cfg: Config, args: argparse.Namespace) -> None:
+    """``--dry-run``: the memory plan of this config, from a meta-device model (nothing is loaded)."""
+    import os
+
+    from xraygpt.runners.memory_plan import format_plan, meta_model, plan_memory, visible_gpu_memory
+
+    from xraygpt.models.model_config import model_config_from
+
+    processes = args.processes or int(os.environ.get("WORLD_SIZE", 1))
+    model_cfg = model_config_from(cfg.model_cfg)
+    plan = plan_memory(meta_model(model_cfg), model_cfg, cfg.run_cfg, processes, args.seq_len)
+    assumed = args.gpu_memory_gib is not None  # given: plan for that GPU, whatever is visible here
+    gpu = args.gpu_memory_gib * 2**30 if assumed else visible_gpu_memory()
+    print(format_plan(plan, gpu, assumed))
 
 
 def set_seed(seed: int) -> None:
@@ -59,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     cfg = Config(args)
+    if args.dry_run:
+        print_memory_plan(cfg, args)
+        return 0
     try:
         run_training(cfg)
     except CheckpointError as exc:
