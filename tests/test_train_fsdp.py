@@ -1,7 +1,8 @@
 """run.strategy: fsdp (FSDP2 on gloo, CPU) and its sharded DCP checkpoints, on a tiny real MiniGPT-4.
 
-The 2-process runs go through torchrun and train.py exactly as a user would; one module-level set of runs
-serves several tests to keep the file fast on 2 cores.
+The 2-process runs go through torchrun and train.py exactly as a user would (marked slow: each torchrun start
+costs ~10 s of imports per process); one module-level set of runs serves several tests. The rest runs FSDP2
+on a private 1-process gloo group inside pytest.
 """
 import json
 import os
@@ -55,6 +56,7 @@ def runs(tmp_path_factory):
     return {"root": root, "out": root / "out", "fsdp_cfg": fsdp_cfg, "stderr": out.stderr}
 
 
+@pytest.mark.slow  # torchrun: 2 gloo processes
 def test_fsdp_two_processes_match_one_process(runs):
     """Full LLM unfrozen: 2 gloo processes x batch 2 under FSDP2 == 1 process x batch 4 without it."""
     assert "FSDP2: 2 decoder layers + root sharded over 2 process(es)" in runs["stderr"]
@@ -116,6 +118,7 @@ def killed(runs):
     return step4
 
 
+@pytest.mark.slow  # torchrun: 2 gloo processes
 def test_resume_after_sigkill_same_world_size_is_bit_identical(runs, killed):
     assert [p.name for p in ckpt.list_checkpoints(killed.parent)][0] == "step_00000002"
     reference = runs["out"] / "reference"
@@ -133,6 +136,7 @@ def test_resume_after_sigkill_same_world_size_is_bit_identical(runs, killed):
     assert sorted(res_l) == list(range(5, 13)) and all(res_l[k] == ref_l[k] for k in res_l)
 
 
+@pytest.mark.slow  # torchrun: 2 gloo processes
 def test_resume_on_one_process_from_two(runs, killed):
     """2 -> 1 processes: the same weights at the resume point, then the same training (same global batch)."""
     reference = runs["out"] / "reference"
@@ -151,6 +155,7 @@ def test_resume_on_one_process_from_two(runs, killed):
                   dcp_ckpt.read_full_weights(reference / "checkpoints" / "step_00000012"))
 
 
+@pytest.mark.slow  # torchrun: 2 gloo processes
 def test_export_and_refusals(runs, tmp_path):
     step = runs["out"] / "reference" / "checkpoints" / "step_00000006"
     out, pth = tmp_path / "w.safetensors", tmp_path / "w.pth"
