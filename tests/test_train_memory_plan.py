@@ -1,11 +1,9 @@
 """train.py --dry-run: the memory plan's numbers on the tiny MiniGPT-4 against a count by hand."""
-import pytest
-from omegaconf import OmegaConf
 
 from tests.fsdp_support import TINY_MODEL, write_config
 from xraygpt.common.schema import RunConfig
 from xraygpt.models.llm import load_tokenizer
-from xraygpt.runners.memory_plan import GIB, meta_model, plan_memory
+from xraygpt.runners.memory_plan import meta_model, plan_memory
 
 H, I, L = 32, 64, 2  # TINY_MODEL's LLaMA
 

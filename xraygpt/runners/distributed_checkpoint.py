@@ -19,7 +19,6 @@ gathers the full trainable weights of such a checkpoint into our safetensors
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from xraygpt.common import checkpointing as ckpt
-from xraygpt.common.dist_utils import barrier
+from xraygpt.common.dist_utils import all_gather_objects, barrier
 from xraygpt.common.fileio import fsync_dir, fsync_file
 
 logger = logging.getLogger(__name__)
@@ -48,22 +47,6 @@ def _options(strict: bool = True):
 
     # Frozen weights come from the model's own files; the checkpoint holds what training changes.
     return StateDictOptions(ignore_frozen_params=True, strict=strict)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _all_ranks(value: Any) -> list:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [value]
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, value)
-    return gathered
 
 
 def is_sharded_checkpoint(folder: Path) -> bool:
@@ -86,7 +69,7 @@ def save_sharded_checkpoint(folder: Path, model: nn.Module, optimizer: torch.opt
             shutil.rmtree(tmp)
         (tmp / DCP_DIR).mkdir(parents=True)
     barrier()
-    rng_per_rank = _all_ranks(ckpt.capture_rng_state())
+    rng_per_rank = all_gather_objects(ckpt.capture_rng_state())
     model_state, optim_state = get_state_dict(model, optimizer, options=_options())
     dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / DCP_DIR))
     barrier()
@@ -96,7 +79,7 @@ def save_sharded_checkpoint(folder: Path, model: nn.Module, optimizer: torch.opt
             (tmp / ckpt.CONFIG_FILE).write_text(config_yaml, encoding="utf-8")
             shards = {p.name: p.stat().st_size for p in sorted((tmp / DCP_DIR).iterdir())}
             meta_doc = {"format": ckpt.FORMAT, "version": ckpt.FORMAT_VERSION, "layout": LAYOUT, **meta,
-                        "sha256": {name: _sha256(tmp / name) for name in _SMALL_FILES}, "dcp_files": shards,
+                        "sha256": {name: ckpt._sha256(tmp / name) for name in _SMALL_FILES}, "dcp_files": shards,
                         "trainable_keys": sorted(model_state)}
             (tmp / ckpt.META_FILE).write_text(json.dumps(meta_doc, indent=2), encoding="utf-8")
             for name in (*_SMALL_FILES, ckpt.META_FILE):
@@ -123,7 +106,7 @@ def verify(folder: Path) -> Dict[str, Any]:
         )
     for name, expected in meta.get("sha256", {}).items():
         path = folder / name
-        if not path.is_file() or _sha256(path) != expected:
+        if not path.is_file() or ckpt._sha256(path) != expected:
             raise ckpt.CheckpointError(f"corrupt checkpoint {folder}: {name} is missing or does not match its "
                                        f"SHA-256 in {ckpt.META_FILE}; resume from an earlier checkpoint")
     for name, size in meta.get("dcp_files", {}).items():

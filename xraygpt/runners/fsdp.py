@@ -32,7 +32,6 @@ from xraygpt.common.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 FROZEN_VISUAL_PARTS = ("visual_encoder", "ln_vision", "qformer", "query_tokens")
 """Attributes of MiniGPT-4 on the image side; their frozen parameters are replicated (or sharded on request)."""
 
@@ -60,10 +59,12 @@ def mixed_precision(run_cfg: Any, device: torch.device):
     """bf16 gathered weights and fp32 gradient reduction on GPUs by default; fp32 throughout on CPU."""
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
+    from xraygpt.models.llm import resolve_dtype
+
     name = str(run_cfg.fsdp_param_dtype)
     if name == "auto":
         name = "bf16" if device.type == "cuda" else "fp32"
-    return MixedPrecisionPolicy(param_dtype=_DTYPES[name], reduce_dtype=_DTYPES[str(run_cfg.fsdp_reduce_dtype)])
+    return MixedPrecisionPolicy(param_dtype=resolve_dtype(name), reduce_dtype=resolve_dtype(str(run_cfg.fsdp_reduce_dtype)))
 
 
 def ensure_process_group(dist_info: DistInfo) -> None:

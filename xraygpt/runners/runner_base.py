@@ -25,7 +25,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, Dataset
 
 from xraygpt.common import checkpointing as ckpt
-from xraygpt.common.dist_utils import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed
+from xraygpt.common.dist_utils import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    init_distributed,
+)
 from xraygpt.common.optims import build_optimizer, build_scheduler
 from xraygpt.common.errors import ConfigurationError
 from xraygpt.common.registry import registry
@@ -363,13 +370,7 @@ class RunnerBase:
 
     def _all_ranks(self, value: Any) -> List[Any]:
         """``value`` of every rank (data positions differ when ranks skipped different bad samples)."""
-        if not self.dist.distributed:
-            return [value]
-        import torch.distributed as dist
-
-        gathered: List[Any] = [None] * self.dist.world_size
-        dist.all_gather_object(gathered, value)
-        return gathered
+        return all_gather_objects(value)
 
     def _checkpoint_path(self, state: TrainState) -> Path:
         return self.ckpt_dir / f"step_{state.global_step:08d}"
