@@ -117,7 +117,7 @@ def register_synthetic_data(root: Path, tokenizer_path: Path, num_query: int, ma
     return tokens
 
 
-def run_part(name: str, weights: Path, out: Path, steps: int) -> Dict[str, Any]:
+def run_part(name: str, weights: Path, out: Path, steps: int, eager: bool = False) -> Dict[str, Any]:
     import torch
     from omegaconf import OmegaConf
 
@@ -130,6 +130,8 @@ def run_part(name: str, weights: Path, out: Path, steps: int) -> Dict[str, Any]:
     part = PARTS[name]
     base = OmegaConf.load(CONFIG)
     model = {**{k: str(v) for k, v in weight_paths(weights).items()}, "tokenizer": str(TOKENIZER), **part["model"]}
+    if eager:
+        model["compile_llm"] = False
     run = {"output_dir": str(out), "job_id": f"part_{name}", "batch_size_train": BATCH, "iters_per_epoch": steps,
            "max_epoch": 1, "warmup_steps": 2, "log_freq": 5, "num_workers": 4, "save_checkpoints": False,
            "device": "cuda", **part["run"]}
@@ -151,7 +153,7 @@ def run_part(name: str, weights: Path, out: Path, steps: int) -> Dict[str, Any]:
     llm_params, vit_params, qformer_params = count(meta.llama_model), count(meta.visual_encoder), count(meta.qformer)
     del meta
 
-    result: Dict[str, Any] = {"part": name, "title": part["title"], "batch": BATCH, "tokens": tokens, "steps": steps,
+    result: Dict[str, Any] = {"part": name, "title": part["title"] + (" [eager]" if eager else ""), "batch": BATCH, "tokens": tokens, "steps": steps,
                               "planned_gib": plan.bytes["total"] / GIB, "gpu": torch.cuda.get_device_name(0) if cuda else "cpu",
                               "trainable": plan.params["trainable"]}
     start = time.perf_counter()
@@ -208,11 +210,12 @@ def main(argv=None) -> int:
     parser.add_argument("--part-timeout", type=int, default=300, help="seconds per part, load included")
     parser.add_argument("--out", type=Path, default=REPO / "output" / "llm_finetune")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
+    parser.add_argument("--eager", action="store_true", help="model.compile_llm=false in every part")
     parser.add_argument("--child", choices=sorted(PARTS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.child:
-        run_part(args.child, args.weights, args.out, args.steps or PARTS[args.child]["steps"])
+        run_part(args.child, args.weights, args.out, args.steps or PARTS[args.child]["steps"], args.eager)
         return 0
     missing = [str(p) for p in weight_paths(args.weights).values() if not p.exists()]
     if missing:
@@ -226,6 +229,8 @@ def main(argv=None) -> int:
         cmd = [sys.executable, __file__, "--child", name, "--weights", str(args.weights), "--out", str(args.out)]
         if args.steps:
             cmd += ["--steps", str(args.steps)]
+        if args.eager:
+            cmd.append("--eager")
         try:
             subprocess.run(cmd, timeout=args.part_timeout, env={**os.environ, "PYTHONPATH": str(REPO)})
         except subprocess.TimeoutExpired:

@@ -156,15 +156,13 @@ def test_resume_on_one_process_from_two(runs, killed):
 
 
 @pytest.mark.slow  # torchrun: 2 gloo processes
-def test_export_and_refusals(runs, tmp_path):
+def test_export_and_refusals(runs, tmp_path, capsys):
     step = runs["out"] / "reference" / "checkpoints" / "step_00000006"
     out, pth = tmp_path / "w.safetensors", tmp_path / "w.pth"
-    res = subprocess.run([sys.executable, "-m", "xraygpt.runners.distributed_checkpoint", str(step), "--out", str(out),
-                          "--original-pth", str(pth)], cwd=REPO_ROOT, env=_env(), capture_output=True, text=True,
-                         timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert dcp_ckpt.main([str(step), "--out", str(out), "--original-pth", str(pth)]) == 0
     from safetensors.torch import load_file
 
+    assert f"wrote {out}" in capsys.readouterr().out
     weights = load_file(str(out))
     original = torch.load(pth, weights_only=True)["model"]
     assert weights.keys() == original.keys() and "llama_proj.weight" in weights

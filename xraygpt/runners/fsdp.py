@@ -125,10 +125,12 @@ def shard_model(model: nn.Module, run_cfg: Any, dist_info: DistInfo) -> nn.Modul
             part = getattr(model, name, None)
             if isinstance(part, nn.Module):
                 fully_shard(part, mesh=mesh, mp_policy=keep_dtype)
-        if hasattr(model, "_encoder_graph"):
-            model._encoder_graph = None  # a CUDA graph cannot capture FSDP's all-gathers
     else:
         ignored = _frozen_visual_params(model) or None
+    if getattr(model, "_encoder_graph", None) is not None:
+        # The graphed frozen encoder would be captured while FSDP's all-gather streams are in flight (or
+        # would have to capture the all-gathers themselves): sharded runs call it eagerly.
+        model._encoder_graph = None
     fully_shard(model, mesh=mesh, mp_policy=policy, ignored_params=ignored)
     logger.info("FSDP2: %d decoder layers + root sharded over %d process(es), params %s, reduce %s, frozen image "
                 "side %s", len(layers), dist.get_world_size(), policy.param_dtype or "as loaded", policy.reduce_dtype,

@@ -322,7 +322,7 @@ class RunnerBase:
             sums += torch.tensor([float(output["loss"]) * weight, weight], dtype=torch.float64)
         all_reduce_sum(sums)
         metrics = {"loss": float(sums[0] / max(float(sums[1]), 1e-12))}
-        with fsdp.gathered_root(self.model):
+        with fsdp.gathered_root(self.model) if self.run_cfg.valid_generate else contextlib.nullcontext():
             metrics.update(self.task.generation_metrics(self, self._split(names, images=True)))
         model.train()
         return metrics
