@@ -292,3 +292,23 @@ def test_interrupted_sharded_save_leaves_the_last_checkpoint_loadable(sharding, 
     (good / "dcp" / "__0_0.distcp").write_bytes(b"truncated")
     with pytest.raises(ckpt.CheckpointError, match="has another size"):
         dcp_ckpt.load_sharded_checkpoint(good, model, optimizer)
+
+
+def test_one_process_fsdp_validates_and_generates_like_ddp(tmp_path):
+    """FSDP on one process (a plain `python train.py`): same losses, validation and generated-text scores."""
+    run = {"valid_splits": ["val"], "valid_generate": 2, "valid_max_new_tokens": 4, "iters_per_epoch": 3}
+    for strategy in ("ddp", "fsdp"):
+        train_in_process(write_config(tmp_path, run={**run, "strategy": strategy, "job_id": strategy}, name=f"{strategy}.yaml"))
+
+    def records(job):
+        rows = [json.loads(line) for line in (tmp_path / "out" / job / "log.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k not in ("time", "samples_per_s")} for r in rows if r["kind"] != "checkpoint"]
+
+    ddp, fsdp = records("ddp"), records("fsdp")
+    valid = [r for r in fsdp if r["kind"] == "valid"]
+    assert valid and "BLEU-1" in valid[0]
+    assert len(ddp) == len(fsdp)
+    for a, b in zip(ddp, fsdp):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key
