@@ -145,7 +145,7 @@ def run_part(name: str, weights: Path, out: Path, steps: int, eager: bool = Fals
 
     model_cfg = model_config_from(cfg.model_cfg)
     meta = meta_model(model_cfg)
-    plan = plan_memory(meta, model_cfg, cfg.run_cfg, 1, tokens)
+    plan = plan_memory(meta, model_cfg, cfg.run_cfg, int(os.environ.get("WORLD_SIZE", 1)), tokens)
     cuda = torch.cuda.is_available()
     gpu_bytes = float(torch.cuda.get_device_properties(0).total_memory) if cuda else None
     print(format_plan(plan, gpu_bytes, assumed=False), flush=True)
@@ -173,28 +173,32 @@ def run_part(name: str, weights: Path, out: Path, steps: int, eager: bool = Fals
         image_tokens = 257  # EVA ViT-g at 224 px: 16 x 16 patches + class token
         flops = 6 * llm_params * tokens + 2 * vit_params * image_tokens + 2 * qformer_params * 32
         peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in result["gpu"]), None)
-        result["tflops"] = flops * result["samples_per_s"] / 1e12
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        result["gpus"] = world
+        result["tflops"] = flops * result["samples_per_s"] / 1e12 / world  # per GPU
         result["mfu"] = result["tflops"] / peak if peak else None
     result["llm_params"] = llm_params
-    (out / f"result_{name}.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-    print("RESULT " + json.dumps(result), flush=True)
+    if int(os.environ.get("RANK", 0)) == 0:
+        (out / f"result_{name}.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+        print("RESULT " + json.dumps(result), flush=True)
     return result
 
 
 # ----------------------------------------------------------------------------------------------- parent process
-def table(results) -> str:
-    lines = [HEADING, "",
-             f"One GPU, batch {BATCH} x {SEQ_LEN} tokens, random weights in the original formats, through "
+def table(results, with_heading: bool = True) -> str:
+    lines = [HEADING, ""] if with_heading else []
+    lines += [f"Batch {BATCH} x {SEQ_LEN} tokens per GPU, random weights in the original formats, through "
              "`xraygpt.train.run_training` with `train_configs/xraygpt_openi_finetune.yaml` (dataset swapped for "
              f"synthetic samples). Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
-             "| part | trainable params | fits | samples/s | peak GiB | planned GiB (--dry-run) | TFLOP/s | MFU |",
-             "|---|---|---|---|---|---|---|---|"]
+              "| part | GPUs | trainable params | fits | samples/s | peak GiB (rank 0) | planned GiB (--dry-run) | "
+              "TFLOP/s per GPU | MFU |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         rate = f"{r['samples_per_s']:.1f}" if r.get("samples_per_s") else "-"
         tflops = f"{r['tflops']:.0f}" if r.get("tflops") else "-"
         mfu = f"{r['mfu']:.2f}" if r.get("mfu") else "-"
         fits = "yes" if r.get("fits") else f"no ({r.get('error', 'did not finish')})"
-        lines.append(f"| ({r['part']}) {r['title']} | {r.get('trainable', 0):,} | {fits} | {rate} | "
+        lines.append(f"| ({r['part']}) {r['title']} | {r.get('gpus', 1)} | {r.get('trainable', 0):,} | {fits} | {rate} | "
                      f"{r.get('peak_gib', float('nan')):.1f} | {r.get('planned_gib', float('nan')):.1f} | {tflops} | {mfu} |")
     lines += ["", "MFU: (6 x LLM params x tokens + 2 x encoder params x their tokens) per sample x samples/s over the "
               "GPU's dense bf16 peak; activation checkpointing's recomputation is not counted as useful work.", ""]
@@ -211,6 +215,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "output" / "llm_finetune")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
     parser.add_argument("--eager", action="store_true", help="model.compile_llm=false in every part")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="GPUs per part through torchrun (same per-GPU batch; e.g. --parts b --nproc 2 for scaling)")
     parser.add_argument("--child", choices=sorted(PARTS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -226,7 +232,10 @@ def main(argv=None) -> int:
     for name in args.parts.split(","):
         print(f"\n=== part ({name}): {PARTS[name]['title']} ===", flush=True)
         (args.out / f"result_{name}.json").unlink(missing_ok=True)
-        cmd = [sys.executable, __file__, "--child", name, "--weights", str(args.weights), "--out", str(args.out)]
+        launcher = [sys.executable]
+        if args.nproc > 1:
+            launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
+        cmd = [*launcher, __file__, "--child", name, "--weights", str(args.weights), "--out", str(args.out)]
         if args.steps:
             cmd += ["--steps", str(args.steps)]
         if args.eager:
@@ -238,7 +247,8 @@ def main(argv=None) -> int:
         path = args.out / f"result_{name}.json"
         results.append(json.loads(path.read_text()) if path.is_file() else
                        {"part": name, "title": PARTS[name]["title"], "fits": False, "error": "no result"})
-    text = table(results)
+    existing = args.results.read_text(encoding="utf-8") if args.results.is_file() else ""
+    text = table(results, with_heading=HEADING not in existing)
     print("\n" + text, flush=True)
     with open(args.results, "a", encoding="utf-8") as handle:
         handle.write("\n" + text)
