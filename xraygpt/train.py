@@ -37,22 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def print_memory_plan(cfg: Config, args: argparse.Namespace) -> None:
-    """``--dry-run``: the memory plan of this config, from a meta-device model (nothing is loaded)."""
-    import os
-
-    from xraygpt.runners.memory_plan import format_plan, meta_model, plan_memory, visible_gpu_memory
-
-    from xraygpt.models.model_config import model_config_from
-
-    processes = args.processes or int(os.environ.get("WORLD_SIZE", 1))
-    model_cfg = model_config_from(cfg.model_cfg)
-    plan = plan_memory(meta_model(model_cfg), model_cfg, cfg.run_cfg, processes, args.seq_len)
-    assumed = args.gpu_memory_gib is not None  # given: plan for that GPU, whatever is visible here
-    gpu = args.gpu_memory_gib * 2**30 if assumed else visible_gpu_memory()
-    print(format_plan(plan, gpu, assumed))
-
-
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -85,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = Config(args)
     if args.dry_run:
-        print_memory_plan(cfg, args)
+        from xraygpt.runners.memory_plan import describe_plan
+
+        print(describe_plan(cfg.model_cfg, cfg.run_cfg, args.processes, args.gpu_memory_gib, args.seq_len))
         return 0
     try:
         run_training(cfg)

@@ -189,3 +189,18 @@ def format_plan(plan: MemoryPlan, gpu_bytes: Optional[float], assumed: bool) -> 
                          f"{gpu_bytes / GIB:.0f} GiB GPU")
     lines.append("  (activations are an estimate; parameters, gradients and optimizer follow from exact counts)")
     return "\n".join(lines)
+
+
+def describe_plan(model_section: Any, run_cfg: Any, processes: Optional[int] = None,
+                  gpu_memory_gib: Optional[float] = None, seq_len: Optional[int] = None) -> str:
+    """The ``--dry-run`` report: ``processes`` defaults to WORLD_SIZE (torchrun) or 1; a given
+    ``gpu_memory_gib`` is checked instead of the visible GPU."""
+    import os
+
+    from xraygpt.models.model_config import model_config_from
+
+    model_cfg = model_config_from(model_section)
+    world = processes or int(os.environ.get("WORLD_SIZE", 1))
+    plan = plan_memory(meta_model(model_cfg), model_cfg, run_cfg, world, seq_len)
+    assumed = gpu_memory_gib is not None
+    return format_plan(plan, gpu_memory_gib * GIB if assumed else visible_gpu_memory(), assumed)
