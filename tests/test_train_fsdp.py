@@ -312,3 +312,16 @@ def test_one_process_fsdp_validates_and_generates_like_ddp(tmp_path):
         assert a.keys() == b.keys()
         for key in a:
             assert a[key] == pytest.approx(b[key], abs=1e-6), key
+
+
+@pytest.mark.gpu
+def test_fsdp_on_a_gpu_trains_in_bf16_close_to_fp32(tmp_path):
+    """The GPU defaults: bf16 gathered weights, fp32 reduction, fused AdamW, NCCL on a private 1-process group."""
+    run = {"device": "cuda", "iters_per_epoch": 6, "strategy": "fsdp", "activation_checkpointing": True}
+    train_in_process(write_config(tmp_path, run={**run, "job_id": "bf16"}, name="bf16.yaml"))
+    train_in_process(write_config(tmp_path, run={**run, "job_id": "fp32", "fsdp_param_dtype": "fp32"}, name="fp32.yaml"))
+    bf16, fp32 = _losses(tmp_path / "out" / "bf16"), _losses(tmp_path / "out" / "fp32")
+    assert bf16.keys() == fp32.keys() == set(range(1, 7))
+    assert all(abs(bf16[k] - fp32[k]) < 0.05 * fp32[k] for k in bf16)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "bf16" / "log.jsonl").read_text().splitlines()]
+    assert all(r["peak_memory_gib"] > 0 for r in rows if r["kind"] == "train")
