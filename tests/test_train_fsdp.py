@@ -122,11 +122,13 @@ def killed(runs):
 def test_resume_after_sigkill_same_world_size_is_bit_identical(runs, killed):
     assert [p.name for p in ckpt.list_checkpoints(killed.parent)][0] == "step_00000002"
     reference = runs["out"] / "reference"
-    resumed = write_config(runs["root"], run={**runs["fsdp_cfg"], "job_id": "resumed", "resume_ckpt_path": str(killed)},
-                           name="resumed.yaml")
+    # Resumed with the frozen image side sharded as well: it is not in the checkpoint, and gathering it
+    # gives the same weights, so this also checks fsdp_shard_frozen across 2 processes.
+    resumed = write_config(runs["root"], run={**runs["fsdp_cfg"], "job_id": "resumed", "resume_ckpt_path": str(killed),
+                                              "fsdp_shard_frozen": True}, name="resumed.yaml")
     out = subprocess.run(_torchrun(resumed), cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
-    assert "resumed from" in out.stderr
+    assert "resumed from" in out.stderr and "frozen image side sharded" in out.stderr
     ref_w = dcp_ckpt.read_full_weights(reference / "checkpoints" / "step_00000012")
     res_w = dcp_ckpt.read_full_weights(runs["out"] / "resumed" / "checkpoints" / "step_00000012")
     assert ref_w.keys() == res_w.keys()
