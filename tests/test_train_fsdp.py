@@ -327,3 +327,24 @@ def test_fsdp_on_a_gpu_trains_in_bf16_close_to_fp32(tmp_path):
     assert all(abs(bf16[k] - fp32[k]) < 0.05 * fp32[k] for k in bf16)
     rows = [json.loads(line) for line in (tmp_path / "out" / "bf16" / "log.jsonl").read_text().splitlines()]
     assert all(r["peak_memory_gib"] > 0 for r in rows if r["kind"] == "train")
+
+
+@pytest.mark.slow  # torchrun: 2 gloo processes
+def test_lora_on_two_fsdp_processes_matches_one_process(tmp_path):
+    """LoRA under FSDP2 on 2 processes: adapters (and llama_proj) only in the checkpoint, weights as 1 process."""
+    lora = {"freeze_llm": True, "lora": {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
+    run = {"iters_per_epoch": 4}
+    single = write_config(tmp_path, run={**run, "batch_size_train": 4, "job_id": "single"}, model=lora, name="one.yaml")
+    train_in_process(single)
+    sharded = write_config(tmp_path, run={**run, "batch_size_train": 2, "job_id": "fsdp", "strategy": "fsdp"},
+                           model=lora, name="two.yaml")
+    out = subprocess.run(_torchrun(sharded), cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    step = tmp_path / "out" / "fsdp" / "checkpoints" / "step_00000004"
+    keys = ckpt.read_meta(step)["trainable_keys"]
+    assert sum("lora_A" in k for k in keys) == 4 and all("lora_" in k or k.startswith("llama_proj.") for k in keys)
+    from safetensors.torch import load_file
+
+    _assert_close(load_file(str(tmp_path / "out" / "single" / "model_best.safetensors")), dcp_ckpt.read_full_weights(step))
+    la, lb = _losses(tmp_path / "out" / "single"), _losses(tmp_path / "out" / "fsdp")
+    assert la.keys() == lb.keys() and all(abs(la[k] - lb[k]) < 1e-5 for k in la)
