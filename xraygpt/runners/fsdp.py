@@ -13,8 +13,9 @@ Activation checkpointing uses the LLM's own ``gradient_checkpointing_enable``
 (torch.utils.checkpoint, non-reentrant) rather than wrapping layers in
 ``checkpoint_wrapper``: it leaves parameter names unchanged (our state dicts,
 LoRA names and the original-format export keep working), it works when the
-layer inputs need no gradient (LoRA on a frozen LLM), and FSDP2 skips its
-pre-forward hook while the backward recomputes a layer, so the two compose.
+layer inputs need no gradient (LoRA on a frozen LLM), and it recomputes only
+the layer's ``forward``: FSDP2's gather/free hooks on the layer stay outside
+the recomputed part (the backward gathers the layer through its own hook).
 """
 from __future__ import annotations
 
