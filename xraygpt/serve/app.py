@@ -97,7 +97,7 @@ class ChatService:
                   for url in plan.image_urls]
         pixels = [self.vis_processor(image.convert("RGB")) for image in images]
         max_new = self.max_new_tokens(body)
-        context = build_generation_batch(self.model.tokenizer, [plan.prompt], self.num_query_tokens * len(images))
+        context = build_generation_batch(self.model.tokenizer, [plan.prompt], self.num_query_tokens, [len(images)])
         needed = int(context.attention_mask.shape[1]) + max_new
         if needed > self.window:
             raise bad_request(f"the conversation needs {needed - max_new} tokens plus max_tokens={max_new}, above the "
