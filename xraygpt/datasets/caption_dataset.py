@@ -8,6 +8,7 @@ and reports in the batch's ``num_skipped``.  Nothing is skipped silently.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -72,7 +73,7 @@ class ImageTextDataset(Dataset):
             sample.update(image=torch.stack(images), views=list(record.views) or None)
         return sample
 
-    def _bad_sample(self, index: int, record: Record, reason: str, path=None) -> None:
+    def _bad_sample(self, index: int, record: Record, reason: str, path: Optional[Path] = None) -> None:
         where = f"{self.name}[{index}] ({record.source or 'no source'}) image {path or record.image_path}"
         if self.on_bad_sample == "error":
             raise BadSampleError(
