@@ -105,7 +105,7 @@ def write_jpegs(folder: Path, count: int, size: int, seed: int) -> list[Path]:
         cx, cy = rng.uniform(0.35, 0.65, 2)
         lungs = np.exp(-(((xx - cx + 0.18) / 0.14) ** 2 + ((yy - cy) / 0.3) ** 2)) + \
             np.exp(-(((xx - cx - 0.18) / 0.14) ** 2 + ((yy - cy) / 0.3) ** 2))
-        pixels = 200 - 120 * lungs + rng.normal(0, 12, (size, size))
+        pixels = 200 - 120 * lungs + rng.standard_normal((size, size), dtype=np.float32) * 12
         path = folder / f"{index:05d}.jpg"
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L").save(path, quality=90)
         paths.append(path)
@@ -247,7 +247,7 @@ def child_decode(args) -> int:
                 ids = decoder.generate(embeds, mask, **kwargs)
                 sync(device)
                 first_call = time.perf_counter() - start
-                reps = 1 if tiny else 3
+                reps = 1 if tiny else 2
                 start = time.perf_counter()
                 for _ in range(reps):
                     ids = decoder.generate(embeds, mask, **kwargs)
@@ -406,7 +406,7 @@ def main(argv=None) -> int:
         report["cli"] = child.results
         save(report, args)
     if "train" in sections:
-        write_openi(args.work / "openi", 512 if not args.tiny else 16, 64 if args.tiny else 1024)
+        write_openi(args.work / "openi", 256 if not args.tiny else 16, 64 if args.tiny else 1024)
         steps = args.train_steps
         options = [f"datasets.openi.build_info.storage={args.work / 'openi'}", "run.batch_size_train=8",
                    f"run.iters_per_epoch={steps}", "run.max_epoch=1", "run.log_freq=1", "run.num_workers=4",
