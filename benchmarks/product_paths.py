@@ -145,6 +145,9 @@ def child_chat(args) -> int:
         return out
 
     fast_generation.FastGenerator.generate = counting
+    from xraygpt.common.cli import setup_logging
+
+    setup_logging()
     argv = ["--cfg-path", args.cfg, "--device", args.device] + (["--options", *args.options] if args.options else [])
     chat = demo.load_chat(demo.build_parser().parse_args(argv))
     ready = time.time() - _t0()
@@ -179,11 +182,13 @@ def child_chat(args) -> int:
     n = args.greedy_tokens
     exact = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, stop_strings=[], return_ids=True)
     greedy = {}
-    variants = [("default", None)] + ([("compiled", True)] if args.compiled_variant else [])
+    variants = [("default", None)] + ([("uncompiled", False)] if args.uncompiled_variant else [])
+    if not n:
+        variants = []
     for name, compiled in variants:
-        if compiled:
+        if compiled is not None:
             fast_generation._GENERATORS.pop(model.llama_model, None)
-            fast_generation.get_fast_generator(model.llama_model, compile_layers=True)
+            fast_generation.get_fast_generator(model.llama_model, compile_layers=compiled)
         start = time.perf_counter()
         _, ids = model.generate(image, [CHAT_QUESTIONS[0]], **exact)
         first_call = time.perf_counter() - start
@@ -199,7 +204,7 @@ def child_chat(args) -> int:
         reference = json.loads(Path(args.reference_ids).read_text())
         for name, entry in greedy.items():
             entry["agreement_with_bf16"] = agreement(entry["ids"], reference)
-    if args.save_ids:
+    if args.save_ids and greedy:
         Path(args.save_ids).write_text(json.dumps(greedy["default"]["ids"]))
     emit({"greedy": {k: {kk: vv for kk, vv in v.items() if kk != "ids"} for k, v in greedy.items()},
           "final_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None})
@@ -279,6 +284,51 @@ def child_decode(args) -> int:
     return 0
 
 
+def child_baseline(args) -> int:
+    """transformers' Blip2ForConditionalGeneration at XrayGPT size in a fresh process: default ``generate`` and
+    static cache + torch.compile (``cache_implementation="static"``), batch 1 then 32, until ``--deadline``."""
+    import torch
+
+    sys.path.insert(0, str(BENCH))
+    from gpu_benchmark import FULL, TINY, build_baseline
+
+    device = torch.device(args.device)
+    start = time.perf_counter()
+    model = build_baseline(TINY if device.type == "cpu" else FULL, device, torch.bfloat16)
+    model.language_projection.to(torch.bfloat16)
+    print(f"baseline built in {time.perf_counter() - start:.1f} s", flush=True)
+    n, results = args.greedy_tokens, {}
+    image_token = model.config.image_token_index
+    for batch, mode in ((1, "default"), (1, "static_compile"), (32, "default"), (32, "static_compile")):
+        if time.time() > args.deadline:
+            results[f"b{batch}.{mode}"] = {"skipped": "time budget of the device call"}
+            continue
+        gen = torch.Generator().manual_seed(batch)
+        text = torch.randint(3, image_token, (batch, 16), generator=gen)
+        ids = torch.cat([torch.ones(batch, 1, dtype=torch.long), torch.full((batch, model.config.num_query_tokens), image_token), text], 1).to(device)
+        pixels = torch.randn(batch, 3, 224, 224, generator=gen).to(device, torch.bfloat16)
+        kwargs = dict(pixel_values=pixels, input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                      min_new_tokens=n, do_sample=False)
+        if mode == "static_compile":
+            kwargs["cache_implementation"] = "static"
+        try:
+            timings = []
+            for _ in range(2 if mode == "static_compile" else 1):  # the first static call compiles
+                sync(device)
+                t0 = time.perf_counter()
+                model.generate(**kwargs)
+                sync(device)
+                timings.append(time.perf_counter() - t0)
+            results[f"b{batch}.{mode}"] = {"first_call_s": round(timings[0], 2),
+                                           "tokens_per_s_per_seq": round(n / timings[-1], 1),
+                                           "aggregate_tokens_per_s": round(batch * n / timings[-1], 1)}
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            results[f"b{batch}.{mode}"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        print(f"baseline B={batch} {mode}: {results[f'b{batch}.{mode}']}", flush=True)
+        emit({"baseline": results})
+    return 0
+
+
 def profile_eager_step(llm, options, embeds, mask) -> dict:
     """Kernels and GPU time of decode steps run eagerly (what the captured graph replays)."""
     import torch
@@ -318,7 +368,9 @@ def sync(device) -> None:
 # ------------------------------------------------------------------------------------------ parent
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--child", choices=["chat", "decode"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["chat", "decode", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--deadline", type=float, default=float("inf"), help=argparse.SUPPRESS)
+    parser.add_argument("--budget-s", type=float, default=540, help="skip what would not fit in this wall time")
     parser.add_argument("--cfg", default="eval_configs/xraygpt_eval.yaml")
     parser.add_argument("--train-cfg", default="train_configs/xraygpt_openi_finetune.yaml")
     parser.add_argument("--options", nargs="*", default=[])
@@ -327,7 +379,7 @@ def main(argv=None) -> int:
     parser.add_argument("--greedy-tokens", type=int, default=300)
     parser.add_argument("--reference-ids")
     parser.add_argument("--save-ids")
-    parser.add_argument("--compiled-variant", action="store_true")
+    parser.add_argument("--uncompiled-variant", action="store_true")
     parser.add_argument("--tokenizer-dir", type=Path, default=REPO / "weights" / "tokenizer_32k")
     parser.add_argument("--weights-tool", type=Path, help="the shared make_realsize_weights.py")
     parser.add_argument("--weights", type=Path, default=REPO / "weights")
@@ -347,6 +399,8 @@ def main(argv=None) -> int:
         return child_chat(args)
     if args.child == "decode":
         return child_decode(args)
+    if args.child == "baseline":
+        return child_baseline(args)
 
     sections = set(args.sections.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -418,10 +472,15 @@ def main(argv=None) -> int:
         report["train"] = child.results
         save(report, args)
     if "int8" in sections:
-        run("int8", chat_cmd + ["--reference-ids", str(ids_file), "--compiled-variant", "--options",
+        run("int8", chat_cmd + ["--reference-ids", str(ids_file), "--uncompiled-variant", "--options",
                                 "model.low_resource=true", *args.options], 200)
     if "decode" in sections:
         run("decode", [py, str(Path(__file__).resolve()), "--child", "decode", "--device", args.device], 240)
+    if "baseline" in sections:
+        deadline = started + args.budget_s - 15
+        run("baseline", [py, str(Path(__file__).resolve()), "--child", "baseline", "--device", args.device,
+                         "--greedy-tokens", str(args.greedy_tokens or 300), "--deadline", repr(deadline - 60)],
+            max(deadline - time.time(), 10) / scale)
     report["env"]["wall_s"] = round(time.time() - started, 1)
     save(report, args)
     markdown = to_markdown(report)
@@ -509,6 +568,9 @@ def to_markdown(report: dict) -> str:
         row(f"decode {key}", f"{d['tokens_per_s_per_seq']} tokens/s per sequence, {d['aggregate_tokens_per_s']} aggregate, "
                              f"{d['decode_ms_per_step']} ms/step, TTFT {d['ttft_ms']} ms, first call {d['first_call_s']} s; "
                              f"row 0 vs transformers-forward step: {d['row0_vs_hf_step']}{extra}")
+    for key, b in ((report.get("baseline") or {}).get("baseline") or {}).items():
+        row(f"baseline (transformers Blip2ForConditionalGeneration, own process) {key}",
+            ", ".join(f"{k} {v}" for k, v in b.items()))
     train = report.get("train", {})
     if train:
         row(f"train.py, batch 8, {train.get('steps_logged')} steps, 1024x1024 JPEGs, 4 workers",

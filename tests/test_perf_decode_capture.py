@@ -121,11 +121,11 @@ def test_streaming_reads_the_gpu_in_chunks_and_sends_every_token_once():
     llm = _llama()
     embeds, mask = _prompt(11)
     streamer = Collector()
-    out = FastGenerator(llm, stream_every=4).generate(embeds, mask, max_new_tokens=21, min_new_tokens=21,
-                                                      do_sample=False, streamer=streamer)
-    assert streamer.puts[0] == out[0, :1].tolist()  # the first token alone, right after the prompt
+    out = FastGenerator(llm, stream_every=4, first_tokens_now=2).generate(
+        embeds, mask, max_new_tokens=21, min_new_tokens=21, do_sample=False, streamer=streamer)
+    assert streamer.puts[:2] == [out[0, :1].tolist(), out[0, 1:2].tolist()]  # the first tokens one by one, at once
     assert sum(streamer.puts, []) == out[0].tolist() and streamer.ended
-    assert len(streamer.puts) <= 1 + 21 // 4 + 1  # not one host read per token
+    assert len(streamer.puts) <= 2 + 19 // 4 + 2  # then in chunks: not one host read per token
 
 
 def test_cancel_event_stops_generation_early():

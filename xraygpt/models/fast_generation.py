@@ -36,7 +36,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from xraygpt.models import llama_decode
-from xraygpt.models.regional_compile import compile_decoder_layers
 
 log = logging.getLogger(__name__)
 
@@ -444,12 +443,13 @@ class FastGenerator:
     """
 
     def __init__(self, llm: nn.Module, use_cuda_graph: bool | None = None, cache_len_multiple: int = 128,
-                 max_runners: int = 4, sync_every: int = 8, stream_every: int = 4, prompt_len_multiple: int = 16,
+                 max_runners: int = 4, sync_every: int = 8, stream_every: int = 4, first_tokens_now: int = 6,
+                 prompt_len_multiple: int = 16,
                  compile_layers: bool | None = None, step: str | None = None):
         if use_cuda_graph is None:
             use_cuda_graph = _env_flag("XRAYGPT_CUDA_GRAPHS", "1") != "0"
         if compile_layers is None:
-            compile_layers = _env_flag("XRAYGPT_COMPILE_DECODE", "0") == "1"
+            compile_layers = _env_flag("XRAYGPT_COMPILE_DECODE", "1") != "0"
         step = step or _env_flag("XRAYGPT_DECODE_STEP", "fused")
         if step not in ("fused", "modules", "hf"):
             raise ValueError(f"XRAYGPT_DECODE_STEP must be fused, modules or hf, got {step!r}")
@@ -461,6 +461,7 @@ class FastGenerator:
         self.max_runners = max_runners
         self.sync_every = sync_every
         self.stream_every = stream_every
+        self.first_tokens_now = first_tokens_now
         self.step_kind = step
         self._kernel = None
         self._lock = threading.Lock()
@@ -493,8 +494,6 @@ class FastGenerator:
         while len(self._runners) >= self.max_runners:
             self._runners.popitem(last=False)
         kernel = self._step_kernel(device)
-        if self.compile_layers and kernel is None and device.type == "cuda":
-            compile_decoder_layers(self.llm)
         runner = _DecodeRunner(self.llm, batch, cache_len, use_graph, kernel)
         self._runners[(batch, cache_len, use_graph)] = runner
         self.runners_built += 1
@@ -588,10 +587,17 @@ class FastGenerator:
             pending.append(ring[taken % len(ring)].take(runner, steps))
             taken += 1
 
+        def due() -> bool:
+            """Look at the oldest results once a newer chunk is queued behind them; a stream's first tokens at once."""
+            if not pending:
+                return False
+            head = pending[0].steps
+            return (len(pending) >= len(ring) - 1 or steps >= limit or head == 1
+                    or (streamer is not None and head <= self.first_tokens_now))
+
         snapshot()
         while True:
-            # Look at the oldest results once a newer chunk is queued behind them (the first token at once).
-            while pending and (len(pending) >= len(ring) - 1 or steps >= limit or pending[0].steps == 1):
+            while due():
                 snap = pending.popleft().wait()
                 s = snap.steps
                 if stop_strings:
@@ -608,7 +614,7 @@ class FastGenerator:
                 return steps, cut
             runner.step()
             steps += 1
-            if steps % chunk == 0 or steps >= limit:
+            if steps % chunk == 0 or steps >= limit or (streamer is not None and steps <= self.first_tokens_now):
                 snapshot()
 
 

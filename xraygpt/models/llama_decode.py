@@ -152,15 +152,16 @@ class LlamaDecodeStep:
         self.compiled = compile_blocks
         if compile_blocks:
             # One compiled function serves all blocks: the weights (and, unfused, the layer module) are
-            # arguments, so only the attention span makes a new variant.
+            # arguments, never Python constants.
             config_ = torch._dynamo.config
             for name in ("cache_size_limit", "recompile_limit"):
                 if hasattr(config_, name):
                     setattr(config_, name, max(getattr(config_, name), 64))
             # The cache write stays outside the compiled parts: no graph input is mutated.
-            self.pre_fn = torch.compile(attention_inputs, dynamic=False)
-            self.post_fn = torch.compile(attention_and_mlp, dynamic=False)
-            self.modules_fn = torch.compile(block_modules, dynamic=False)
+            # Automatic dynamic shapes: a second batch size or attention span recompiles once, generically.
+            self.pre_fn = torch.compile(attention_inputs)
+            self.post_fn = torch.compile(attention_and_mlp)
+            self.modules_fn = torch.compile(block_modules)
 
     def rotary_table(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin [length, head_dim] for positions 0..length-1, from the model's own rotary module."""
