@@ -184,3 +184,19 @@ def test_cuda_decode_captures_happen_only_at_warm_up():
         kwargs = dict(max_new_tokens=30, do_sample=False)
         assert torch.equal(generator.generate(embeds, mask, **kwargs), eager.generate(embeds, mask, **kwargs))
     assert decode_captures() == warm and generator.runners_built == 1
+
+
+def test_a_failing_compile_falls_back_to_the_same_uncompiled_step(monkeypatch):
+    llm = _llama()
+    embeds, mask = _prompt(8, seed=2)
+    expected = FastGenerator(llm, step="fused").generate(embeds, mask, max_new_tokens=10, do_sample=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("compiler unavailable")
+
+    step = llama_decode.LlamaDecodeStep(llm, fuse=True)
+    step.pre_fn, step.compiled = broken, True  # what a compile error at the first call looks like
+    generator = FastGenerator(llm, step="fused")
+    generator._kernel = step
+    assert torch.equal(generator.generate(embeds, mask, max_new_tokens=10, do_sample=False), expected)
+    assert not step.compiled and step.pre_fn is llama_decode.attention_inputs

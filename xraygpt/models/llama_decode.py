@@ -120,6 +120,14 @@ def block_modules(layer: nn.Module, x, k_cache, v_cache, cos, sin, slot, mask,
     return x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
 
 
+def _compilable(layer: nn.Module) -> bool:
+    """Plain ``nn.Linear`` modules (torchao keeps them, swapping only the weight tensor) compile; others
+    (bitsandbytes ``Linear8bitLt``, adapters) are called uncompiled."""
+    linears = [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+               layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj]
+    return all(type(m) is nn.Linear for m in linears)
+
+
 @dataclass
 class _Block:
     layer: nn.Module
@@ -161,7 +169,8 @@ class LlamaDecodeStep:
             # Automatic dynamic shapes: a second batch size or attention span recompiles once, generically.
             self.pre_fn = torch.compile(attention_inputs)
             self.post_fn = torch.compile(attention_and_mlp)
-            self.modules_fn = torch.compile(block_modules)
+            if all(_compilable(b.layer) for b in self.blocks if b.fused is None):
+                self.modules_fn = torch.compile(block_modules)
 
     def rotary_table(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin [length, head_dim] for positions 0..length-1, from the model's own rotary module."""
@@ -172,7 +181,22 @@ class LlamaDecodeStep:
 
     def __call__(self, embeds: torch.Tensor, caches: list[tuple[torch.Tensor, torch.Tensor]], cos: torch.Tensor,
                  sin: torch.Tensor, slot: torch.Tensor, mask: torch.Tensor, span: int) -> torch.Tensor:
-        """Logits [B, V] of the new token; ``cos``/``sin`` [B, 1, 1, head_dim], ``mask`` additive [B, 1, 1, S]."""
+        """Logits [B, V] of the new token; ``cos``/``sin`` [B, 1, 1, head_dim], ``mask`` additive [B, 1, 1, S].
+
+        If compiling fails (an unsupported linear type, a compiler error), the step logs once and runs the same
+        functions uncompiled from then on; rerunning is safe because every cache write is recomputed.
+        """
+        try:
+            return self._run(embeds, caches, cos, sin, slot, mask, span)
+        except Exception as err:  # noqa: BLE001 - any compile failure: same results, uncompiled
+            if not self.compiled or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+                raise
+            log.warning("compiling the decode step failed (%s: %s); running it uncompiled", type(err).__name__, err)
+            self.pre_fn, self.post_fn, self.modules_fn = attention_inputs, attention_and_mlp, block_modules
+            self.compiled = False
+            return self._run(embeds, caches, cos, sin, slot, mask, span)
+
+    def _run(self, embeds, caches, cos, sin, slot, mask, span: int) -> torch.Tensor:
         x = embeds
         dims = dict(eps=self.eps, n_heads=self.n_heads, n_kv=self.n_kv, head_dim=self.head_dim)
         prefix_mask = mask[..., :span]
