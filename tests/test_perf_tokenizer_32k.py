@@ -1,4 +1,4 @@
-"""The benchmark tokenizer: a LLaMA-style SentencePiece model of exactly 32,000 pieces (fillers when the text is short)."""
+"""The benchmark tokenizer: a LLaMA-style SentencePiece model of exactly 32,000 pieces (byte fallback, split digits)."""
 from __future__ import annotations
 
 import importlib.util
@@ -15,10 +15,9 @@ def _script(repo_root):
 
 def test_trains_exactly_32000_llama_style_pieces(tmp_path, repo_root):
     script = _script(repo_root)
-    assert script.main(["--out", str(tmp_path), "--lines", "300"]) == 0
+    assert script.main(["--out", str(tmp_path), "--lines", "3000"]) == 0
     tokenizer = load_tokenizer(tmp_path)
     assert len(tokenizer) == 32000
-    assert "<filler_0>" in tokenizer.get_vocab()  # 300 lines teach ~6,000 pieces: user-defined fillers pad
     assert (tokenizer.unk_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
     text = "###Patient: <Img><ImageHere></Img> Is there an effusion? ###Doctor: 12.5 cm, ü"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
