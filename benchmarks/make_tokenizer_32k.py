@@ -2,8 +2,9 @@
 
 Why: real-size runs need the real vocabulary size and piece statistics, so that decoding, streaming and
 stop-string checks cost what they cost with Vicuna's tokenizer. No tokenizer can be downloaded here, so one is
-trained: BPE with byte fallback and digit splitting like LLaMA's, ids 0/1/2 = <unk>/<s>/</s>, and
-``user_defined_symbols`` filling the vocabulary up to exactly 32,000 pieces.
+trained: BPE with byte fallback and digit splitting like LLaMA's, ids 0/1/2 = <unk>/<s>/</s>, exactly 32,000
+pieces (the default 120,000 lines teach all of them; from shorter text ``user_defined_symbols`` fillers pad the
+vocabulary, which makes training take minutes).
 
     python benchmarks/make_tokenizer_32k.py --out weights/tokenizer_32k   # tokenizer.model + HF config files
 """
