@@ -166,6 +166,8 @@ def main(argv: List[str] | None = None) -> int:
     cfg = Config(args)
     device = pick_device(args.device, args.gpu_id)
     model, processor = load_model_and_processor(cfg, device)
+    if settings.num_beams == 1 and hasattr(model, "warm_up"):  # captures now, not in the first batch
+        model.warm_up(min(args.batch_size, len(todo)), prompt=args.prompt, generation_kwargs=[settings.generate_kwargs()])
     run_settings = {**settings.as_dict(), "batch_size": args.batch_size, "cfg_path": str(args.cfg_path), "device": str(device)}
     if args.structured:
         from xraygpt.structured import generate_structured, model_generator
@@ -194,16 +196,16 @@ def main(argv: List[str] | None = None) -> int:
                     batch_pixels = torch.stack([image for study in pixels for image in study]).to(device)
                     prompts = [args.prompt] * len(readable)
                     if args.structured:
-                        reports, structured = generate_structured(
-                            model, batch_pixels, prompts, args.structured, generator, **kwargs
+                        reports, structured, ids = generate_structured(
+                            model, batch_pixels, prompts, args.structured, generator, return_ids=True, **kwargs
                         )
                     else:
-                        reports, structured = model.generate(batch_pixels, prompts, **kwargs), None
+                        (reports, ids), structured = model.generate(batch_pixels, prompts, return_ids=True, **kwargs), None
                 seconds = time.perf_counter() - start
                 stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                for number, (item, report) in enumerate(zip(readable, reports)):
+                for number, (item, report, new_ids) in enumerate(zip(readable, reports, ids)):
                     record = {
-                        **_item_fields(item), "prompt": args.prompt, "report": report,
+                        **_item_fields(item), "prompt": args.prompt, "report": report, "new_tokens": len(new_ids),
                         "seconds": round(seconds / len(readable), 4), "batch_seconds": round(seconds, 4),
                         "created": stamp, "settings": run_settings,
                     }

@@ -67,9 +67,11 @@ def decode_constrained(
     prompts: Sequence[str],
     *,
     image_features: Optional[torch.Tensor] = None,
+    return_ids: bool = False,
     **generation_kwargs: Any,
-) -> List[Dict[str, Any]]:
-    """The content part (findings, impression, no_finding) of each sample's report, decoded under the schema.
+) -> Any:
+    """The content part (findings, impression, no_finding) of each sample's report, decoded under the schema
+    (and each sample's new token ids with ``return_ids``).
 
     Raises :class:`StructuredReportError` naming the sample when ``max_new_tokens`` ends a document early.
     """
@@ -83,7 +85,7 @@ def decode_constrained(
         text = model.tokenizer.decode(row, skip_special_tokens=True)
         out.append(parse_content(text, where=f"constrained output of sample {index}",
                                  limit=kwargs.get("max_new_tokens")))
-    return out
+    return (out, ids) if return_ids else out
 
 
 def parse_content(text: str, where: str, limit: Optional[int] = None) -> Dict[str, Any]:

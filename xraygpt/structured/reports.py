@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -46,17 +46,23 @@ def generate_structured(
     generator: Mapping[str, Any],
     *,
     image_features: Optional[torch.Tensor] = None,
+    return_ids: bool = False,
     **generation_kwargs: Any,
-) -> Tuple[List[str], List[Dict[str, Any]]]:
-    """``(texts, reports)``: the decoded text of each sample and its schema-valid structured report.
+) -> Tuple:
+    """``(texts, reports)``: the decoded text of each sample and its schema-valid structured report
+    (plus each sample's new token ids with ``return_ids``).
 
     ``extract`` decodes prose as usual and reads the report from it; ``constrained`` decodes the JSON
     itself under the schema (the text is then that JSON).
     """
     if mode == "extract":
-        texts = model.generate(images, list(prompts), image_features=image_features, **generation_kwargs)
-        return texts, [structured_from_text(text, generator) for text in texts]
-    if mode == "constrained":
-        contents = decode_constrained(model, images, prompts, image_features=image_features, **generation_kwargs)
-        return [content_json(c) for c in contents], [complete_report(c, generator) for c in contents]
-    raise ValueError(f"structured mode must be one of {MODES}, got {mode!r}")
+        texts, ids = model.generate(images, list(prompts), image_features=image_features, return_ids=True,
+                                    **generation_kwargs)
+        reports = [structured_from_text(text, generator) for text in texts]
+    elif mode == "constrained":
+        contents, ids = decode_constrained(model, images, prompts, image_features=image_features, return_ids=True,
+                                           **generation_kwargs)
+        texts, reports = [content_json(c) for c in contents], [complete_report(c, generator) for c in contents]
+    else:
+        raise ValueError(f"structured mode must be one of {MODES}, got {mode!r}")
+    return (texts, reports, ids) if return_ids else (texts, reports)
