@@ -82,3 +82,51 @@ def test_an_unreadable_image_is_recorded_once_across_reruns(cli, image_dir, tmp_
         assert cli("--images", image_dir, "--out", out) == 1  # retried (and reported) every time
     assert [r["image_id"] for r in _records(out) if "error" in r] == ["broken"]
     assert len(_records(out)) == 4
+
+
+# ------------------------------------------------- 8. evaluation uses the eval processor for every split
+def test_evaluation_builds_every_split_with_the_eval_processor(tmp_path):
+    from omegaconf import OmegaConf
+
+    from xraygpt.common.config import Config
+    from xraygpt.evaluate import build_splits
+
+    data = tmp_path / "d"
+    (data / "image").mkdir(parents=True)
+    Image.new("L", (64, 64)).save(data / "image" / "a.png")
+    entries = [{"image": "image/a.png", "prompt": "describe", "caption": "lungs clear"}]
+    for name in ("filter_cap.json", "filter_cap_test.json"):
+        (data / name).write_text(json.dumps(entries))
+    cfg = {"model": {"arch": "mini_gpt4"}, "run": {"task": "image_text_pretrain", "device": "cpu"},
+           "datasets": {"medvqa": {"build_info": {"storage": str(data)},  # train processor: 224 px default
+                                   "vis_processor": {"eval": {"name": "blip2_image_eval", "image_size": 96}}}}}
+    OmegaConf.save(OmegaConf.create(cfg), tmp_path / "eval.yaml")
+    found = build_splits(Config({"cfg_path": str(tmp_path / "eval.yaml"), "options": []}), ["train", "test"])
+    assert [(split, tuple(ds[0]["image"].shape)) for _, split, ds in found] == [("train", (3, 96, 96)),
+                                                                               ("test", (3, 96, 96))]
+
+
+# ------------------------------------------------- 9. exposure needs a login or an explicit opt-out
+@pytest.mark.parametrize("flags", [["--host", "0.0.0.0"], ["--share"], ["--host", "10.1.2.3", "--share"],
+                                   ["--host", "myhost.example"]])
+def test_demo_refuses_to_serve_beyond_localhost_without_auth(monkeypatch, tmp_path, flags):
+    from xraygpt import demo
+
+    monkeypatch.delenv("XRAYGPT_DEMO_AUTH", raising=False)
+    with pytest.raises(ConfigError, match="without a login: add --auth user:password .* --no-auth-i-understand"):
+        demo.main(["--cfg-path", str(tmp_path / "not-loaded.yaml"), *flags])  # refused before any model load
+    parse = demo.build_parser().parse_args
+    assert demo.launch_options(parse(["--cfg-path", "x", *flags, "--auth", "a:b"]))["auth"] == ("a", "b")
+    opted_out = demo.launch_options(parse(["--cfg-path", "x", *flags, "--no-auth-i-understand"]))
+    assert opted_out["auth"] is None and opted_out["server_name"] == (flags[1] if flags[0] == "--host" else "127.0.0.1")
+    monkeypatch.setenv("XRAYGPT_DEMO_AUTH", "env:secret")  # read when the parser is built
+    assert demo.launch_options(demo.build_parser().parse_args(["--cfg-path", "x", *flags]))["auth"] == ("env", "secret")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "::1"])
+def test_demo_on_loopback_needs_no_auth(monkeypatch, host):
+    from xraygpt import demo
+
+    monkeypatch.delenv("XRAYGPT_DEMO_AUTH", raising=False)
+    options = demo.launch_options(demo.build_parser().parse_args(["--cfg-path", "x", "--host", host]))
+    assert options["auth"] is None and options["share"] is False

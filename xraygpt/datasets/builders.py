@@ -83,7 +83,8 @@ class ImageTextBuilder:
         return section
 
     # --------------------------------------------------------------- build
-    def build_datasets(self) -> Dict[str, ImageTextDataset]:
+    def build_datasets(self, eval_processors: bool = False) -> Dict[str, ImageTextDataset]:
+        """``eval_processors``: every split (train too) gets the eval image/text processors, as evaluation needs."""
         info = self.config.build_info
         storage = Path(info.storage)
         if not storage.is_dir():
@@ -97,7 +98,7 @@ class ImageTextBuilder:
             records = records_by_split.get(split)
             if not records:
                 continue
-            stage = "train" if split == "train" else "eval"
+            stage = "train" if split == "train" and not eval_processors else "eval"
             datasets[split] = ImageTextDataset(
                 records,
                 vis_processor=build_processor(self.config.vis_processor.get(stage)),
