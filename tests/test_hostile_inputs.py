@@ -130,3 +130,226 @@ def test_demo_on_loopback_needs_no_auth(monkeypatch, host):
     monkeypatch.delenv("XRAYGPT_DEMO_AUTH", raising=False)
     options = demo.launch_options(demo.build_parser().parse_args(["--cfg-path", "x", "--host", host]))
     assert options["auth"] is None and options["share"] is False
+
+
+# ------------------------------------------------- 3. run.on_bad_sample: skip on every data path
+def _decompression_bomb(path):
+    """A tiny PNG whose header claims 30000 x 30000 pixels (Pillow refuses it as a decompression bomb)."""
+    import struct
+    import zlib
+
+    Image.new("L", (16, 16)).save(path)
+    data = bytearray(path.read_bytes())
+    start = 8 + 4  # signature, IHDR length
+    data[start + 4:start + 12] = struct.pack(">II", 30000, 30000)
+    data[start + 17:start + 21] = struct.pack(">I", zlib.crc32(bytes(data[start:start + 17])))
+    path.write_bytes(bytes(data))
+
+
+BAD_KINDS = {3: "junk bytes", 5: "1x1 png", 7: "decompression bomb", 9: "dangling symlink", 10: "symlink out"}
+
+
+def _hostile_dataset(folder, n=12):
+    """``n`` entries; those in BAD_KINDS cannot be used (10 points outside the dataset, at /etc/passwd)."""
+    (folder / "img").mkdir(parents=True)
+    entries = []
+    for i in range(n):
+        path = folder / "img" / f"x{i}.png"
+        kind = BAD_KINDS.get(i)
+        if kind == "junk bytes":
+            path.write_bytes(b"not a png at all")
+        elif kind == "1x1 png":
+            Image.new("L", (1, 1)).save(path)
+        elif kind == "decompression bomb":
+            _decompression_bomb(path)
+        elif kind == "dangling symlink":
+            path.symlink_to(folder / "img" / "missing.png")
+        elif kind == "symlink out":
+            path.symlink_to("/etc/passwd")
+        else:
+            Image.new("L", (16, 16), color=20 * i).save(path)
+        entries.append({"image": f"img/x{i}.png", "prompt": "describe", "caption": ["lungs clear", "left effusion"][i % 2]})
+    (folder / "filter_cap.json").write_text(json.dumps(entries))
+    return folder
+
+
+def _skip_config(tmp_path, job, cache, datasets=("medvqa",), **run):
+    from omegaconf import OmegaConf
+
+    processor = {"name": "blip2_image_eval", "image_size": 8}
+    sections = {}
+    for name in datasets:
+        data = tmp_path / f"data_{name}"
+        if not data.exists():
+            _hostile_dataset(data)
+        sections[name] = {"build_info": {"storage": str(data), "prompt_path": None},
+                          "vis_processor": {"train": processor, "eval": processor},
+                          **({"sample_ratio": 1.0} if len(datasets) > 1 else {})}
+    cfg = {"model": {"arch": "standin"}, "datasets": sections,
+           "run": {"task": "image_text_pretrain", "device": "cpu", "max_epoch": 1, "batch_size_train": 2,
+                   "batch_size_eval": 4, "init_lr": 1e-3, "log_freq": 1, "output_dir": str(tmp_path / "out"), "job_id": job,
+                   "on_bad_sample": "skip", "cache_visual_features": cache, "cache_dir": str(tmp_path / "cache"),
+                   **run}}
+    path = tmp_path / f"{job}.yaml"
+    OmegaConf.save(OmegaConf.create(cfg), path)
+    return path
+
+
+def _skipped_counts(job_dir):
+    rows = [json.loads(line) for line in (job_dir / "log.jsonl").read_text().splitlines()]
+    return [r["bad_samples"] for r in rows if r["kind"] == "skipped"]
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["feature-cache", "images"])
+@pytest.mark.parametrize("datasets", [("medvqa",), ("medvqa", "openi")], ids=["one-dataset", "mixture"])
+def test_skip_policy_trains_through_every_kind_of_bad_image(tmp_path, caplog, cache, datasets):
+    from tests.train_support import train_in_process
+
+    caplog.set_level("WARNING")
+    state = train_in_process(_skip_config(tmp_path, "skip", cache, datasets))
+    good = len(datasets) * (12 - len(BAD_KINDS))
+    loadable_bad = len(datasets) * 4  # the escaping symlink is dropped when the annotations are read
+    entries = len(datasets) * 11
+    # With the cache the bad samples are left out once; without it the batches shrink instead.
+    assert state["global_step"] == (good // 2 if cache else entries // 2)
+    counts = _skipped_counts(tmp_path / "out" / "skip")
+    assert counts == [loadable_bad] if cache else counts[0] >= loadable_bad
+    for i in (3, 5, 7, 9, 10):
+        assert f"x{i}.png" in caplog.text
+    assert "root:x" not in caplog.text  # never the bytes of the file a symlink points at
+    if cache:
+        assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == len({20 * i for i in range(12)
+                                                                             if i not in BAD_KINDS})
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["feature-cache", "images"])
+def test_skip_policy_under_two_process_ddp(tmp_path, repo_root, cache):
+    import os
+    import subprocess
+    import sys
+
+    cfg = _skip_config(tmp_path, "ddp", cache, batch_size_train=1)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           "-m", "tests.train_support", "--cfg-path", str(cfg)]
+    env = {**os.environ, "PYTHONPATH": str(repo_root), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "backend gloo, rank 0 of 2" in out.stderr
+    counts = _skipped_counts(tmp_path / "out" / "ddp")
+    assert counts == [4] if cache else counts[0] >= 4
+    steps = sorted({json.loads(line)["step"] for line in (tmp_path / "out" / "ddp" / "log.jsonl").read_text().splitlines()
+                    if json.loads(line)["kind"] == "train"})
+    assert steps == list(range(1, (7 // 2 if cache else 11 // 2) + 1))
+
+
+# ------------------------------------------------- 7. empty and corrupt inputs
+def test_validate_and_training_refuse_an_empty_annotation_list(tmp_path, capsys):
+    from tests.train_support import train_in_process
+    from xraygpt.datasets import validate
+    from xraygpt.datasets.annotations import AnnotationError
+
+    data = _hostile_dataset(tmp_path / "data_medvqa")
+    (data / "filter_cap.json").write_text("[]")
+    assert validate.main([str(data)]) == 1
+    assert "filter_cap.json: holds no entries (an empty list)" in capsys.readouterr().out
+    with pytest.raises(AnnotationError, match=r"training annotations .*filter_cap.json hold no entries"):
+        train_in_process(_skip_config(tmp_path, "empty", cache=False))
+    (data / "filter_cap_val.json").write_text("[]")  # an empty val split alone is only a warning
+    (data / "filter_cap.json").write_text(json.dumps([{"image": "img/x0.png", "prompt": "p", "caption": "c"}]))
+    assert validate.main([str(data)]) == 0
+    assert "warning: " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_a_damaged_feature_cache_entry_is_named_dropped_and_recomputed(tmp_path, caplog, damage):
+    import torch
+    from safetensors.torch import load_file
+
+    from tests.train_support import train_in_process
+
+    cfg = _skip_config(tmp_path, "first", cache=True)
+    train_in_process(cfg)
+    entries = sorted((tmp_path / "cache").rglob("*.safetensors"))
+    victim = entries[0]
+    original = load_file(str(victim))["features"].clone()  # a copy: the file is rewritten below
+    victim.write_bytes(victim.read_bytes()[:-7] if damage == "truncated" else b"")
+    caplog.set_level("WARNING")
+    train_in_process(cfg, "run.job_id=second")
+    assert f"feature cache entry {victim} is truncated or corrupt" in caplog.text
+    assert sorted((tmp_path / "cache").rglob("*.safetensors")) == entries
+    recomputed = load_file(str(victim))["features"]  # alone now, in a batch before: equal up to float rounding
+    assert recomputed.shape == original.shape and torch.allclose(recomputed, original, atol=1e-6)
+
+
+def test_an_empty_or_cut_weight_file_gives_a_real_reason(tmp_path):
+    import torch
+
+    from xraygpt.models.checkpoint_io import CheckpointError, read_state_dict
+
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty.pth: the file is empty \(0 bytes"):
+        read_state_dict(empty, "LLM projection weights")
+    cut = tmp_path / "cut.pth"
+    torch.save({"w": torch.zeros(64)}, cut)
+    cut.write_bytes(cut.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match=r"cannot read weights from .*cut.pth: \S"):
+        read_state_dict(cut, "weights")
+
+
+# ------------------------------------------------- 5. dataset image paths stay inside their dataset
+def _escaping_dataset(tmp_path):
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    (data / "image").mkdir(parents=True)
+    outside.mkdir()
+    for folder, name in ((outside, "o.png"), (data / "image", "ok.png"), (data / "image", "target.png")):
+        Image.new("L", (16, 16), color=90).save(folder / name)
+    (data / "image" / "link_out.png").symlink_to(outside / "o.png")
+    (data / "image" / "passwd.png").symlink_to("/etc/passwd")
+    (data / "image" / "link_in.png").symlink_to(data / "image" / "target.png")
+    images = [str(outside / "o.png"), "../outside/o.png", "image/link_out.png", "image/passwd.png",
+              "image/ok.png", "image/link_in.png"]
+    (data / "filter_cap.json").write_text(json.dumps([{"image": i, "prompt": "p", "caption": "c"} for i in images]))
+    return data
+
+
+def test_validate_reports_every_escaping_image_path(tmp_path, capsys):
+    from xraygpt.datasets import validate
+
+    data = _escaping_dataset(tmp_path)
+    assert validate.main([str(data)]) == 1
+    out = capsys.readouterr().out
+    for index in range(4):
+        assert f"filter_cap.json[{index}]: image " in out
+    assert out.count("outside the dataset folder") == 4 and out.count("through a symlink") == 2
+    assert "resolves through a symlink to /etc/passwd" in out and "root:" not in out
+    assert "2 entries usable" in out  # the plain image and the symlink that stays inside
+    assert validate.main([str(data), "--allow-outside-paths"]) == 1  # now only /etc/passwd fails, as no image
+    out = capsys.readouterr().out
+    assert "passwd.png: not a recognised image" in out and "root:" not in out and "5 entries usable" in out
+
+
+def test_training_refuses_escaping_paths_unless_allowed(tmp_path):
+    from xraygpt.datasets.annotations import AnnotationError
+    from xraygpt.datasets.builders import MedVQABuilder
+
+    data = _escaping_dataset(tmp_path)
+    section = {"build_info": {"storage": str(data), "prompt_path": None},
+               "vis_processor": {"train": {"name": "blip2_image_eval", "image_size": 8}}}
+    with pytest.raises(AnnotationError, match=r"(?s)4 bad entries .*outside the dataset folder"):
+        MedVQABuilder(section).build_datasets()
+    kept = MedVQABuilder(section, on_bad_sample="skip").build_datasets()["train"]
+    assert [r.image_path.name for r in kept.records] == ["ok.png", "link_in.png"]
+    section["build_info"]["allow_outside_paths"] = True
+    assert len(MedVQABuilder(section, on_bad_sample="skip").build_datasets()["train"]) == 6
+
+
+def test_an_image_decode_error_never_quotes_the_file(tmp_path):
+    from xraygpt.datasets.image_io import ImageLoadError, load_medical_image
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("api_key=hunter2\n")
+    (tmp_path / "x.png").symlink_to(secret)
+    with pytest.raises(ImageLoadError) as caught:
+        load_medical_image(tmp_path / "x.png")
+    assert "hunter2" not in str(caught.value) and "16 bytes of unknown content" in str(caught.value)

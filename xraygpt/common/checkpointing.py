@@ -196,7 +196,7 @@ def load_checkpoint(folder: Path, verify: bool = True) -> Dict[str, Any]:
         weights = load_file(str(folder / WEIGHTS_FILE))
         state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # safetensors / unpickling errors
-        raise CheckpointError(f"corrupt checkpoint {folder}: cannot read it ({exc})") from exc
+        raise CheckpointError(f"corrupt checkpoint {folder}: cannot read it ({exc or type(exc).__name__})") from exc
     return {
         "weights": weights,
         "training_state": state,

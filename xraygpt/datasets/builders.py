@@ -47,6 +47,8 @@ class BuildInfo:
     """Seed of the per-sample prompt choice."""
     tasks: Optional[List[str]] = None
     """Keep only entries whose ``task`` field is listed (e.g. ``[report]``); ``null`` keeps everything."""
+    allow_outside_paths: bool = False
+    """Accept image paths that resolve (symlinks followed) outside ``storage`` and ``image_dir``."""
 
 
 @dataclass
@@ -135,7 +137,13 @@ class ImageTextBuilder:
                 image_ext=info.image_ext,
                 prompts=prompts,
                 prompt_seed=info.prompt_seed,
+                allow_outside_paths=info.allow_outside_paths,
             )
+            if split == "train" and not records and not issues:
+                raise AnnotationError(
+                    f"dataset '{self.NAME}': training annotations {ann_path} hold no entries (an empty list); "
+                    f"regenerate them or check the file (`python -m xraygpt.datasets.validate {storage}`)"
+                )
             self._handle_issues(ann_path, issues)
             if info.tasks is not None:
                 records = [record for record in records if record.task in info.tasks]

@@ -26,6 +26,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from xraygpt.common import checkpointing as ckpt
 from xraygpt.common.dist_utils import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed
+from xraygpt.common.errors import DataError
 from xraygpt.common.optims import build_optimizer, build_scheduler
 from xraygpt.common.registry import registry
 from xraygpt.runners.feature_cache import (
@@ -127,6 +128,8 @@ class RunnerBase:
         for split in dict.fromkeys([*rc.train_splits, *rc.valid_splits]):
             if cached.get(split) is not None:
                 cached[split] = cache.wrap(cached[split], int(rc.seed), split)
+        # Bad training samples left out of the cache (on_bad_sample: skip); the same number on every rank.
+        self.cache_skipped = sum(cached[s].skipped for s in dict.fromkeys(rc.train_splits) if cached.get(s) is not None)
         return cached
 
     def _job_dir(self) -> Path:
@@ -154,7 +157,8 @@ class RunnerBase:
         rc = self.run_cfg
         dataset = self._split(list(rc.train_splits))
         if dataset is None:
-            raise ValueError(f"no training data: run.train_splits {list(rc.train_splits)} built nothing")
+            raise DataError(f"no training data: run.train_splits {list(rc.train_splits)} built no samples "
+                            f"(built splits: {sorted(k for k, v in self.datasets.items() if v is not None)})")
         lengths = self.task.sample_lengths(dataset) if rc.group_by_length else None
         sampler = ResumableBatchSampler(
             len(dataset), rc.batch_size_train, rank=self.dist.rank, world_size=self.dist.world_size,
@@ -455,6 +459,7 @@ class RunnerBase:
     def _report_skipped(self, stream: BatchStream) -> None:
         counts = torch.tensor([stream.skipped_samples], dtype=torch.float64)
         all_reduce_sum(counts)
+        counts += getattr(self, "cache_skipped", 0)
         if counts.item() and self.dist.is_main:
             logger.warning("skipped %d bad training sample(s) in total (run.on_bad_sample: skip; files are listed "
                            "in the warnings above)", int(counts.item()))
