@@ -353,3 +353,61 @@ def test_an_image_decode_error_never_quotes_the_file(tmp_path):
     with pytest.raises(ImageLoadError) as caught:
         load_medical_image(tmp_path / "x.png")
     assert "hunter2" not in str(caught.value) and "16 bytes of unknown content" in str(caught.value)
+
+
+# ------------------------------------------------- 2. data creation never overwrites an unrelated folder
+def test_create_refuses_a_folder_it_did_not_make_and_overwrite_replaces_only_its_files(sample_data_dir, tmp_path,
+                                                                                       capsys):
+    from xraygpt.data_creation.cli import openi_main
+
+    out = tmp_path / "u"
+    out.mkdir()
+    (out / "filter_cap.json").write_text('{"mine": 1}\n')
+    (out / "notes.txt").write_text("keep me")
+    args = ["--root", str(sample_data_dir / "openi_kaggle"), "--out", str(out), "--offline", "--no-progress",
+            "--sample-size", "6"]
+    assert openi_main(args) == 2
+    assert "holds no dataset made by this tool" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["filter_cap.json", "notes.txt"]
+    assert (out / "filter_cap.json").read_text() == '{"mine": 1}\n'
+
+    assert openi_main([*args, "--overwrite"]) == 0
+    assert isinstance(json.loads((out / "filter_cap.json").read_text()), list)
+    assert (out / "notes.txt").read_text() == "keep me"  # --overwrite deletes only what the tool writes
+    before = (out / "filter_cap.json").read_bytes()
+    assert openi_main(args) == 0  # the same command resumes its own dataset
+    assert (out / "filter_cap.json").read_bytes() == before
+
+    assert openi_main([*args[:-1], "5"]) == 2  # other options: refused, naming what differs
+    assert "differs in: options.sample_size" in capsys.readouterr().err
+    assert (out / "filter_cap.json").read_bytes() == before
+
+
+def test_create_resumes_an_interrupted_run_that_has_no_manifest_yet(sample_data_dir, tmp_path):
+    from xraygpt.data_creation.cli import openi_main
+
+    out = tmp_path / "d"
+    args = ["--root", str(sample_data_dir / "openi_kaggle"), "--out", str(out), "--offline", "--no-progress",
+            "--sample-size", "4"]
+    assert openi_main(args) == 0
+    (out / "manifest.json").unlink()  # as if killed before the end
+    assert openi_main(args) == 0 and (out / "manifest.json").is_file()
+
+
+def test_merge_refuses_a_foreign_out_folder_unless_overwrite(tmp_path):
+    from tests.test_datacreation_tools import _dataset
+    from xraygpt.data_creation.merge import merge_datasets
+    from xraygpt.data_creation.records import DataCreationError
+
+    a = _dataset(tmp_path / "a", {"train": ["g1"], "val": [], "test": []})
+    b = _dataset(tmp_path / "b", {"train": ["r1"], "val": [], "test": []})
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"mine": true}')
+    with pytest.raises(DataCreationError, match="holds no dataset made by this tool"):
+        merge_datasets([a, b], out, ["openi", "roco"])
+    assert (out / "manifest.json").read_text() == '{"mine": true}'
+    merge_datasets([a, b], out, ["openi", "roco"], overwrite=True)
+    merge_datasets([a, b], out, ["openi", "roco"])  # the same merge again is fine
+    with pytest.raises(DataCreationError, match="differs in: inputs"):
+        merge_datasets([a], out, ["openi"])
