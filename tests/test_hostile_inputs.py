@@ -411,3 +411,119 @@ def test_merge_refuses_a_foreign_out_folder_unless_overwrite(tmp_path):
     merge_datasets([a, b], out, ["openi", "roco"])  # the same merge again is fine
     with pytest.raises(DataCreationError, match="differs in: inputs"):
         merge_datasets([a], out, ["openi"])
+
+
+# ------------------------------------------------- 4. reruns and resumes into an existing job
+def _log_rows(job_dir):
+    return [json.loads(line) for line in (job_dir / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def finished_job(tmp_path):
+    """A finished stand-in run (checkpoints at steps 2, 4, 6) and its config."""
+    from tests.train_support import train_in_process, write_config
+
+    cfg = write_config(tmp_path, run={"save_freq": 2, "keep_last_n": 0, "max_epoch": 1})
+    train_in_process(cfg)
+    return cfg, tmp_path / "out" / "job"
+
+
+def _snapshot(job_dir):
+    return {p.relative_to(job_dir): p.read_bytes() for p in sorted(job_dir.rglob("*")) if p.is_file()}
+
+
+def test_rerunning_a_finished_job_is_refused_at_start_up_and_touches_nothing(finished_job, monkeypatch):
+    from tests import train_support
+    from tests.train_support import train_in_process
+    from xraygpt.common.errors import ConfigurationError
+
+    cfg, job = finished_job
+    before = _snapshot(job)
+    steps = []
+    monkeypatch.setattr(train_support.StandInModel, "forward", lambda self, s: steps.append(1))
+    with pytest.raises(ConfigurationError, match=r"already holds a run .*3 checkpoint\(s\).*new run.job_id, resume "
+                                                 r"this job with run.resume_ckpt_path=latest, or pass --overwrite"):
+        train_in_process(cfg, "run.init_lr=0.5")
+    with pytest.raises(ConfigurationError, match=r"resuming step_00000002 while newer checkpoints .*step_00000004"):
+        train_in_process(cfg, f"run.resume_ckpt_path={job}/checkpoints/step_00000002")
+    assert steps == []  # refused before a single training step
+    assert _snapshot(job) == before  # log.jsonl and config.yaml of the finished run untouched
+
+
+def test_overwrite_replaces_the_job(finished_job, tmp_path):
+    from tests.train_support import train_in_process
+
+    cfg, job = finished_job
+    (job / "notes.txt").write_text("mine")
+    train_in_process(cfg, "run.overwrite=true", "run.max_epoch=2", "run.save_freq=0")
+    steps = [r["step"] for r in _log_rows(job) if r["kind"] == "train"]
+    assert steps == list(range(1, 13)) and (job / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (job / "checkpoints").iterdir()) == ["best.json", "step_00000006", "step_00000012"]
+
+
+def test_train_cli_overwrite_flag(finished_job, capsys, repo_root):
+    import os
+    import subprocess
+    import sys
+
+    cfg, job = finished_job
+    env = {**os.environ, "PYTHONPATH": str(repo_root)}
+    cmd = [sys.executable, "-m", "tests.train_support", "--cfg-path", str(cfg)]
+    refused = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: run.job_id already holds a run")
+    done = subprocess.run([*cmd, "--overwrite"], cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_resume_latest_continues_the_job_without_duplicate_log_rows(tmp_path):
+    from tests.train_support import final_weights, train_in_process, write_config
+
+    run = {"save_freq": 2, "keep_last_n": 0, "max_epoch": 2}
+    reference = write_config(tmp_path, run={**run, "job_id": "reference"}, model={"dropout": 0.2})
+    train_in_process(reference)
+    cfg = write_config(tmp_path, run=run, model={"dropout": 0.2}, name="job.yaml")
+    train_in_process(cfg)  # a finished run of 12 steps ...
+    job = tmp_path / "out" / "job"
+    import shutil as _shutil
+
+    for later in ("step_00000008", "step_00000010", "step_00000012"):  # ... that was cut off after step 6
+        _shutil.rmtree(job / "checkpoints" / later)
+    train_in_process(cfg, "run.resume_ckpt_path=latest")
+    rows = _log_rows(job)
+    keys = [(r["kind"], r["step"]) for r in rows]
+    assert len(keys) == len(set(keys))  # no step logged twice
+    assert [s for k, s in keys if k == "train"] == list(range(1, 13))
+    ref = final_weights(tmp_path / "out" / "reference")
+    res = final_weights(job)
+    assert all(torch_equal(ref[k], res[k]) for k in ref)
+
+
+def torch_equal(a, b):
+    import torch
+
+    return torch.equal(a, b)
+
+
+def test_resume_latest_falls_back_when_the_newest_checkpoint_is_corrupt(finished_job, caplog):
+    from tests.train_support import train_in_process
+    from xraygpt.common import checkpointing as ckpt
+
+    cfg, job = finished_job
+    newest = job / "checkpoints" / "step_00000006"
+    weights = newest / ckpt.WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:-5])  # a truncated save
+    caplog.set_level("INFO")
+    state = train_in_process(cfg, "run.resume_ckpt_path=latest")
+    assert "newest checkpoint" in caplog.text and "falling back to the previous complete checkpoint" in caplog.text
+    assert f"resumed from {job / 'checkpoints' / 'step_00000004'}" in caplog.text
+    assert state["global_step"] == 6
+    assert (job / "checkpoints" / ".corrupt-step_00000006").is_dir()  # set aside, not deleted
+    assert ckpt.latest_checkpoint(job / "checkpoints") == newest  # the rerun saved a good step 6 again
+
+
+def test_resume_latest_on_a_new_job_starts_fresh(tmp_path):
+    from tests.train_support import train_in_process, write_config
+
+    state = train_in_process(write_config(tmp_path, run={"max_epoch": 1, "resume_ckpt_path": "latest"}))
+    assert state["global_step"] == 6

@@ -26,7 +26,8 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from xraygpt.common import checkpointing as ckpt
 from xraygpt.common.dist_utils import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed
-from xraygpt.common.errors import DataError
+from xraygpt.common.errors import DataError, XrayGPTError
+from xraygpt.common.fileio import atomic_write_text
 from xraygpt.common.optims import build_optimizer, build_scheduler
 from xraygpt.common.registry import registry
 from xraygpt.runners.feature_cache import (
@@ -37,6 +38,7 @@ from xraygpt.runners.feature_cache import (
     encoder_fingerprint,
 )
 from xraygpt.runners.data import SKIPPED_KEY, BatchStream, SeededSamples, make_loader, to_device
+from xraygpt.runners.job_folder import JobPlan, plan_job
 from xraygpt.runners.metrics_log import MetricsLog, format_eta
 from xraygpt.runners.samplers import ResumableBatchSampler
 
@@ -85,16 +87,18 @@ class RunnerBase:
         self.model = model.to(self.device)
         self.datasets = self.image_datasets = datasets
         self.amp_dtype = self._amp_dtype()
-        if self.run_cfg.cache_visual_features:
-            self.datasets = self._cached_datasets()
         self.job_dir = self._job_dir()
         self.ckpt_dir = self.job_dir / "checkpoints"
-        self.log = MetricsLog(self.job_dir, enabled=self.dist.is_main)
-        if self.dist.is_main:
-            (self.job_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
-            removed = ckpt.remove_stale_temporaries(self.ckpt_dir)
-            if removed:
-                logger.warning("removed %d incomplete checkpoint folder(s) left by an interrupted save", removed)
+        if self.run_cfg.evaluate:  # validate only: the job folder (maybe a finished run) is not written
+            self.plan, self.log = JobPlan(), MetricsLog(None, enabled=False)
+        else:  # before any slow work: a job folder this run may not use is refused now, not at the first save
+            self.plan = self._plan_job()
+            self.log = MetricsLog(self.job_dir, enabled=self.dist.is_main,
+                                  purge_step=self.plan.resumed_step + 1 if self.plan.resume_from else None)
+            if self.dist.is_main:
+                atomic_write_text(self.job_dir / "config.yaml", cfg.to_yaml())
+        if self.run_cfg.cache_visual_features:
+            self.datasets = self._cached_datasets()
 
     # ------------------------------------------------------------------ set-up
     def _amp_dtype(self) -> Optional[torch.dtype]:
@@ -131,6 +135,19 @@ class RunnerBase:
         # Bad training samples left out of the cache (on_bad_sample: skip); the same number on every rank.
         self.cache_skipped = sum(cached[s].skipped for s in dict.fromkeys(rc.train_splits) if cached.get(s) is not None)
         return cached
+
+    def _plan_job(self) -> JobPlan:
+        """Decide on the main process whether this run may use its job folder; every rank gets the answer."""
+        outcome: Any = None
+        if self.dist.is_main:
+            try:
+                outcome = plan_job(self.job_dir, self.run_cfg.resume_ckpt_path, bool(self.run_cfg.overwrite))
+            except XrayGPTError as exc:
+                outcome = exc
+        outcome = broadcast_object(outcome)
+        if isinstance(outcome, XrayGPTError):
+            raise outcome
+        return outcome
 
     def _job_dir(self) -> Path:
         job_id = self.run_cfg.job_id or datetime.now().strftime("%Y%m%d%H%M%S")
@@ -184,8 +201,8 @@ class RunnerBase:
         scheduler = build_scheduler(optimizer, rc, iters_per_epoch)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         state = TrainState()
-        if rc.resume_ckpt_path:
-            state = self._resume(Path(rc.resume_ckpt_path), optimizer, scheduler, scaler, stream)
+        if self.plan.resume_from is not None:
+            state = self._resume(self.plan.resume_from, optimizer, scheduler, scaler, stream)
         model = self._wrap()
         total_steps = int(rc.max_epoch) * iters_per_epoch
         self._log_start(iters_per_epoch, total_steps, accum)
