@@ -527,3 +527,120 @@ def test_resume_latest_on_a_new_job_starts_fresh(tmp_path):
 
     state = train_in_process(write_config(tmp_path, run={"max_epoch": 1, "resume_ckpt_path": "latest"}))
     assert state["global_step"] == 6
+
+
+# ------------------------------------------------- cases that already held (kept as regression tests)
+class _RunsCode:
+    """Unpickling this would run a shell command (what a crafted .pth does)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_crafted_pickles_run_no_code_as_weights_or_as_a_resume_checkpoint(tmp_path):
+    import hashlib
+
+    import torch
+
+    from tests.test_train_checkpointing import _save
+    from xraygpt.common import checkpointing as ckpt
+    from xraygpt.models.checkpoint_io import CheckpointError, read_state_dict
+
+    marker = tmp_path / "pwned"
+    crafted = tmp_path / "stage2.pth"
+    torch.save({"model": {"llama_proj.weight": _RunsCode(marker)}}, crafted)
+    with pytest.raises(CheckpointError, match="cannot read LLM weights from .*stage2.pth"):
+        read_state_dict(crafted, "LLM weights")
+
+    folder = _save(tmp_path / "step_1")  # a valid checkpoint whose training state is then swapped, hashes fixed
+    state = folder / ckpt.STATE_FILE
+    torch.save({"counters": _RunsCode(marker)}, state)
+    meta = json.loads((folder / ckpt.META_FILE).read_text())
+    meta["sha256"][ckpt.STATE_FILE] = hashlib.sha256(state.read_bytes()).hexdigest()
+    (folder / ckpt.META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ckpt.CheckpointError, match="corrupt checkpoint .*cannot read it"):
+        ckpt.load_checkpoint(folder)
+    assert not marker.exists()
+
+
+def test_a_kill_during_a_training_save_resumes_from_latest_bit_identical(tmp_path, repo_root):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    import torch
+
+    from tests.train_support import final_weights, train_in_process, write_config
+
+    run = {"save_freq": 2, "keep_last_n": 0, "max_epoch": 1}
+    reference = write_config(tmp_path, run={**run, "job_id": "reference"}, model={"dropout": 0.2})
+    train_in_process(reference)
+    cfg = write_config(tmp_path, run=run, model={"dropout": 0.2}, name="job.yaml")
+    script = textwrap.dedent(f"""
+        import time, torch
+        from xraygpt.common import checkpointing as ckpt
+        real_save = torch.save
+        def slow_save(obj, path):
+            real_save(obj, path)
+            if "step_00000004" in str(path):  # inside the temporary folder of the step-4 save
+                print("IN_SAVE", flush=True)
+                time.sleep(120)
+        ckpt.torch.save = slow_save
+        from tests.train_support import train_in_process
+        train_in_process({str(cfg)!r})
+    """)
+    env = {**os.environ, "PYTHONPATH": str(repo_root)}
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=repo_root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "IN_SAVE"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    job = tmp_path / "out" / "job"
+    assert sorted(p.name for p in (job / "checkpoints").iterdir())[-1] == "step_00000002"
+    train_in_process(cfg, "run.resume_ckpt_path=latest")
+    ref, res = final_weights(tmp_path / "out" / "reference"), final_weights(job)
+    assert all(torch.equal(ref[k], res[k]) for k in ref)
+    keys = [(r["kind"], r["step"]) for r in _log_rows(job)]
+    assert len(keys) == len(set(keys)) and [s for k, s in keys if k == "train"] == list(range(1, 7))
+
+
+def test_the_demo_server_refuses_path_traversal(tmp_path):
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from xraygpt import demo
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    examples = demo.example_images(tmp_path, count=1)
+    app = demo.build_demo(demo.DemoHandlers(chat=None, max_file_size=1024), examples, 1, 4)
+    options = demo.launch_options(demo.build_parser().parse_args(["--cfg-path", "x", "--port", str(port)]))
+    app.launch(**options, allowed_paths=[str(tmp_path)], prevent_thread_lock=True, quiet=True)
+    try:
+        def status(path):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/gradio_api/file={path}", timeout=30) as reply:
+                    return reply.status, reply.read()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read()
+
+        assert status(examples[0])[0] == 200  # the served example is reachable ...
+        for attack in ("/etc/passwd", "../../../../etc/passwd", "%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+                       f"{tmp_path}/../../../etc/passwd"):
+            code, body = status(attack)
+            assert code in (403, 404) and b"root:" not in body, attack  # ... nothing outside it is
+    finally:
+        app.close()
+    handlers = demo.DemoHandlers(chat=None, max_file_size=1024)
+    assert "not a supported file type" in handlers.upload("../../../../etc/passwd")[3]
