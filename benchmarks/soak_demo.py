@@ -189,8 +189,8 @@ class Soak:
                 if not self._take(3):
                     return
                 result = self._call(client, "upload", True, handle_file(str(rng.choice(self.good))))
-                has_image = result is not None and "loaded" in str(result[-1])
-                history = []
+                if result is not None:  # refused by gradio (transfer cut): the handler never ran, the state stays
+                    has_image, history = "loaded" in str(result[-1]), []
                 asked = self._call(client, "ask", has_image, rng.choice(["Describe the image.", "Any effusion?"]),
                                    history)
                 if asked is not None and asked[-1] == "Thinking…":
@@ -199,8 +199,8 @@ class Soak:
             elif action == "bad_upload":
                 if not self._take():
                     return
-                self._call(client, "upload", False, handle_file(str(rng.choice(self.bad))))
-                has_image, history = False, []
+                if self._call(client, "upload", False, handle_file(str(rng.choice(self.bad)))) is not None:
+                    has_image, history = False, []
             elif action == "ask_no_image":
                 if not self._take(2):
                     return
@@ -255,9 +255,19 @@ def main(argv: Optional[List[str]] = None) -> int:
             rss_start = rss_mib(proc.pid)
             soak = Soak(url, good, bad, args.requests, time.time() + args.time_limit, args.seed)
             t0 = time.time()
+            rss_trace: List[Tuple[int, float]] = []
+            done = threading.Event()
+
+            def sample_rss() -> None:  # every 10 s: (requests so far, RSS) shows whether memory creeps
+                while not done.wait(10) and proc.poll() is None:
+                    rss_trace.append((soak.sent, round(rss_mib(proc.pid), 1)))
+
+            sampler = threading.Thread(target=sample_rss, daemon=True)
+            sampler.start()
             with ThreadPoolExecutor(args.clients, thread_name_prefix="client") as pool:
                 futures = [pool.submit(soak.worker, i) for i in range(args.clients)]
                 crashed = [repr(f.exception()) for f in futures if f.exception() is not None]
+            done.set()
             seconds = time.time() - t0
             alive = proc.poll() is None and http_get(url)[0] == 200
             rss_end = rss_mib(proc.pid) if proc.poll() is None else float("nan")
@@ -271,7 +281,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     summary = {
         "requests": sum(soak.outcomes.values()), "budget": args.requests, "clients": args.clients,
         "seconds": round(seconds, 1), "server_start_s": round(up_s, 1), "server_alive_at_end": alive,
-        "rss_mib_start": round(rss_start, 1), "rss_mib_end": round(rss_end, 1),
+        "rss_mib_start": round(rss_start, 1), "rss_mib_end": round(rss_end, 1), "rss_mib_trace": rss_trace,
         "outcomes": dict(sorted(soak.outcomes.items())), "malformed": len(soak.malformed),
         "malformed_examples": soak.malformed[:10], "client_crashes": crashed,
         "median_latency_s": {k: round(sorted(v)[len(v) // 2], 3) for k, v in sorted(soak.latencies.items())},

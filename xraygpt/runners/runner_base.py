@@ -87,6 +87,8 @@ class RunnerBase:
         self.model = model.to(self.device)
         self.datasets = self.image_datasets = datasets
         self.amp_dtype = self._amp_dtype()
+        self.cache_skipped = 0
+        """Bad training samples the feature cache left out (the same count on every rank)."""
         self.job_dir = self._job_dir()
         self.ckpt_dir = self.job_dir / "checkpoints"
         if self.run_cfg.evaluate:  # validate only: the job folder (maybe a finished run) is not written
@@ -476,7 +478,7 @@ class RunnerBase:
     def _report_skipped(self, stream: BatchStream) -> None:
         counts = torch.tensor([stream.skipped_samples], dtype=torch.float64)
         all_reduce_sum(counts)
-        counts += getattr(self, "cache_skipped", 0)
+        counts += self.cache_skipped
         if counts.item() and self.dist.is_main:
             logger.warning("skipped %d bad training sample(s) in total (run.on_bad_sample: skip; files are listed "
                            "in the warnings above)", int(counts.item()))
