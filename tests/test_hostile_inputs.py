@@ -461,19 +461,19 @@ def test_overwrite_replaces_the_job(finished_job, tmp_path):
     assert sorted(p.name for p in (job / "checkpoints").iterdir()) == ["best.json", "step_00000006", "step_00000012"]
 
 
-def test_train_cli_overwrite_flag(finished_job, capsys, repo_root):
-    import os
-    import subprocess
-    import sys
+def test_train_cli_refuses_in_one_line_and_takes_overwrite(finished_job, capsys, caplog):
+    from xraygpt import train
+    from xraygpt.common.cli import run_cli
 
     cfg, job = finished_job
-    env = {**os.environ, "PYTHONPATH": str(repo_root)}
-    cmd = [sys.executable, "-m", "tests.train_support", "--cfg-path", str(cfg)]
-    refused = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert refused.stderr.strip().splitlines()[-1].startswith("error: run.job_id already holds a run")
-    done = subprocess.run([*cmd, "--overwrite"], cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda: train.main(["--cfg-path", str(cfg)]))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: run.job_id already holds a run")
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda: train.main(["--cfg-path", str(cfg), "--overwrite"]))
+    assert stop.value.code == 0 and "run.overwrite: removed the earlier run" in caplog.text
 
 
 def test_resume_latest_continues_the_job_without_duplicate_log_rows(tmp_path):
