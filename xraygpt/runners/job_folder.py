@@ -76,7 +76,7 @@ def plan_job(job_dir: Path, resume_ckpt_path: Optional[str], overwrite: bool) ->
         return JobPlan(Path(resume_ckpt_path), _step_of(Path(resume_ckpt_path)))
 
     if resume_ckpt_path == LATEST:
-        found = ckpt.latest_checkpoint(ckpt_dir)
+        found = ckpt.latest_checkpoint(ckpt_dir, verify=verify_any)
         if found is None:
             if holds_run:
                 logger.warning("run.resume_ckpt_path=latest: %s has no complete checkpoint; starting again at step 0",
@@ -109,6 +109,16 @@ def plan_job(job_dir: Path, resume_ckpt_path: Optional[str], overwrite: bool) ->
     if holds_run:
         trim_log(job_dir / LOG_FILE, plan.resumed_step)
     return plan
+
+
+def verify_any(folder: Path) -> None:
+    """Check a checkpoint of either layout (one safetensors file, or DCP shards of run.strategy: fsdp)."""
+    from xraygpt.runners import distributed_checkpoint as dcp_ckpt
+
+    if ckpt.read_meta(folder).get("layout") == dcp_ckpt.LAYOUT:
+        dcp_ckpt.verify(folder)
+    else:
+        ckpt.verify_checkpoint(folder)
 
 
 def _safe_step(folder: Path) -> int:
