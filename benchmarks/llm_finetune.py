@@ -54,14 +54,14 @@ def weight_paths(folder: Path) -> Dict[str, Path]:
             "llama_model": folder / "Vicuna_Radiology_fp16", "ckpt": folder / "xraygpt_mimic_pretrain.pth"}
 
 
-def make_weights(folder: Path) -> None:
+def make_weights(folder: Path, tokenizer_dir: Path = TOKENIZER) -> None:
     candidates = [Path(os.environ.get("XRAYGPT_SHARED", REPO.parent / "shared")), REPO / "shared"]
     tool = next((c / "tools" / "make_realsize_weights.py" for c in candidates
                  if (c / "tools" / "make_realsize_weights.py").is_file()), None)
     if tool is None:
         raise SystemExit(f"make_realsize_weights.py not found under {[str(c) for c in candidates]}")
     print(f"writing real-size random weights to {folder} with {tool} (~30 s, ~16 GB)", flush=True)
-    subprocess.run([sys.executable, str(tool), "--out", str(folder), "--tokenizer-dir", str(TOKENIZER)], check=True)
+    subprocess.run([sys.executable, str(tool), "--out", str(folder), "--tokenizer-dir", str(tokenizer_dir)], check=True)
 
 
 # ----------------------------------------------------------------------------------------------- child process
@@ -129,7 +129,10 @@ def run_part(name: str, weights: Path, out: Path, steps: int, eager: bool = Fals
 
     part = PARTS[name]
     base = OmegaConf.load(CONFIG)
-    model = {**{k: str(v) for k, v in weight_paths(weights).items()}, "tokenizer": str(TOKENIZER), **part["model"]}
+    # The tokenizer the weights were written with (a real 32,000-piece one on real-size runs).
+    llm_folder = weight_paths(weights)["llama_model"]
+    tokenizer = llm_folder if (llm_folder / "tokenizer.model").is_file() else TOKENIZER
+    model = {**{k: str(v) for k, v in weight_paths(weights).items()}, "tokenizer": str(tokenizer), **part["model"]}
     if eager:
         model["compile_llm"] = False
     run = {"output_dir": str(out), "job_id": f"part_{name}", "batch_size_train": BATCH, "iters_per_epoch": steps,
@@ -137,7 +140,7 @@ def run_part(name: str, weights: Path, out: Path, steps: int, eager: bool = Fals
            "device": "cuda", **part["run"]}
     cfg_dict = OmegaConf.merge(base, {"model": model, "run": run})
     cfg_dict.datasets = OmegaConf.create({"synthetic_reports": {"size": BATCH * (steps + 1)}})
-    tokens = register_synthetic_data(out, TOKENIZER, int(base.model.get("num_query_token", 32)),
+    tokens = register_synthetic_data(out, tokenizer, int(base.model.get("num_query_token", 32)),
                                      int(cfg_dict.model.max_txt_len))
     path = out / f"part_{name}.yaml"
     OmegaConf.save(cfg_dict, path)
@@ -209,6 +212,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=REPO / "weights")
     parser.add_argument("--make-weights", action="store_true", help="write the random weights when absent")
+    parser.add_argument("--tokenizer-dir", type=Path, default=TOKENIZER,
+                        help="tokenizer files copied into the written Vicuna folder (use a 32,000-piece one)")
     parser.add_argument("--parts", default="a,b")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per part (default: a 40, b 30)")
     parser.add_argument("--part-timeout", type=int, default=300, help="seconds per part, load included")
@@ -227,7 +232,7 @@ def main(argv=None) -> int:
     if missing:
         if not args.make_weights:
             raise SystemExit(f"missing weights {missing}: pass --make-weights to write random ones")
-        make_weights(args.weights)
+        make_weights(args.weights, args.tokenizer_dir)
     results = []
     for name in args.parts.split(","):
         print(f"\n=== part ({name}): {PARTS[name]['title']} ===", flush=True)
