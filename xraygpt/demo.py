@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from xraygpt.common.cli import run_cli, setup_logging
+from xraygpt.common.cli import is_loopback, run_cli, setup_logging
 from xraygpt.common.config import Config, ConfigError, add_config_arguments
 from xraygpt.conversation.generation import GenerationSettings
 
@@ -49,18 +49,6 @@ def parse_auth(text: Optional[str]) -> Optional[Tuple[str, str]]:
     if not sep or not user or not password:
         raise ConfigError("--auth expects user:password with a non-empty user and password (e.g. --auth alice:s3cret)")
     return user, password
-
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
 
 
 def parse_size(text: str) -> int:
