@@ -246,7 +246,7 @@ def main(argv=None) -> int:
         if args.eager:
             cmd.append("--eager")
         try:
-            subprocess.run(cmd, timeout=args.part_timeout, env={**os.environ, "PYTHONPATH": str(REPO)})
+            subprocess.run(cmd, timeout=args.part_timeout, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
         except subprocess.TimeoutExpired:
             print(f"part ({name}) ran past {args.part_timeout} s", flush=True)
         path = args.out / f"result_{name}.json"

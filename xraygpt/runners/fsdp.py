@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from xraygpt.common.dist_utils import DistInfo
+from xraygpt.common.dist_utils import DistInfo, process_group_backend
 from xraygpt.common.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def ensure_process_group(dist_info: DistInfo) -> None:
     """FSDP2 needs a process group even for one process: a plain ``python train.py`` gets a private one."""
     if dist.is_initialized():
         return
-    backend = "nccl" if dist_info.device.type == "cuda" else "gloo"
+    backend = process_group_backend(dist_info.device)
     dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1,
                             device_id=dist_info.device if dist_info.device.type == "cuda" else None)
 
