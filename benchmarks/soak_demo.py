@@ -181,7 +181,8 @@ class Soak:
         rng = random.Random(self.seed * 1000 + index)
         client = Client(self.url, verbose=False)
         history: list = []
-        has_image = False
+        has_image: Optional[bool] = False
+        """Whether the session holds an image; None after a client-side failure (then no expectation)."""
         while True:
             action = rng.choices(["turn", "bad_upload", "ask_no_image", "empty_question", "reset", "traversal"],
                                  weights=[3, 4, 1, 1, 1, 1])[0]
@@ -189,8 +190,8 @@ class Soak:
                 if not self._take(3):
                     return
                 result = self._call(client, "upload", True, handle_file(str(rng.choice(self.good))))
-                if result is not None:  # refused by gradio (transfer cut): the handler never ran, the state stays
-                    has_image, history = "loaded" in str(result[-1]), []
+                # A client-side failure (e.g. the reply's preview download cut) leaves the session state unknown.
+                has_image, history = (None if result is None else "loaded" in str(result[-1])), []
                 asked = self._call(client, "ask", has_image, rng.choice(["Describe the image.", "Any effusion?"]),
                                    history)
                 if asked is not None and asked[-1] == "Thinking…":
@@ -199,8 +200,8 @@ class Soak:
             elif action == "bad_upload":
                 if not self._take():
                     return
-                if self._call(client, "upload", False, handle_file(str(rng.choice(self.bad)))) is not None:
-                    has_image, history = False, []
+                refused = self._call(client, "upload", False, handle_file(str(rng.choice(self.bad)))) is None
+                has_image, history = (None if refused else False), []
             elif action == "ask_no_image":
                 if not self._take(2):
                     return
