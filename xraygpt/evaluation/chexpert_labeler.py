@@ -15,6 +15,8 @@ cue rules (``labeler_context``):
    The heart and mediastinum are also read from their predicate (``heart size is normal`` -> negative
    Cardiomegaly, ``stable cardiomediastinal silhouette`` -> uncertain Enlarged Cardiomediastinum,
    ``borderline heart size`` / ``upper limits of normal`` -> uncertain, ``is enlarged`` -> positive).
+   Some phrases are signs rather than the finding, and are uncertain even when asserted
+   (``vascular congestion`` -> uncertain Edema).
 3. **Aggregation** per report: positive > uncertain > negative > blank across mentions. ``No Finding``
    is positive when the report has text, none of the 12 pathologies is positive or uncertain, and no
    "other finding" (degenerative change, granuloma, emphysema, hernia...) is asserted; otherwise blank.
@@ -29,14 +31,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from xraygpt.evaluation.labeler_context import NEGATIVE, POSITIVE, UNCERTAIN, classify, mask
 from xraygpt.evaluation.labeler_phrases import (
+    HEDGED_MENTIONS,
     MENTIONS,
     OTHER_FINDINGS,
     STRUCTURE_STATES,
+    STRUCTURE_TRIGGERS,
     STRUCTURES,
+    TRIGGERS,
     UNMENTIONS,
     rx,
 )
@@ -121,9 +127,23 @@ def _structure_state(clause: str, start: int, end: int) -> Optional[int]:
     return None
 
 
-def _clause_mentions(clause: str) -> List[Mention]:
+def _literal_rx(words: Tuple[str, ...]) -> "re.Pattern[str]":
+    return re.compile("|".join(re.escape(w) for w in words))
+
+
+_TRIGGER_RX = {o: _literal_rx(t) for o, t in TRIGGERS.items()}
+_STRUCTURE_TRIGGER_RX = {o: _literal_rx(t) for o, t in STRUCTURE_TRIGGERS.items()}
+
+
+@lru_cache(maxsize=1 << 16)
+def _clause_mentions(clause: str, use_triggers: bool = True) -> Tuple[Mention, ...]:
+    """Mentions of one clause. Cached: report corpora repeat sentences ("No pneumothorax.") endlessly."""
     mentions: List[Mention] = []
     for observation, pattern in MENTIONS.items():
+        if use_triggers and not _TRIGGER_RX[observation].search(clause):
+            continue
+        if not pattern.search(clause):
+            continue
         text = mask(clause, UNMENTIONS[observation]) if observation in UNMENTIONS else clause
         for match in pattern.finditer(text):
             if observation == "Fracture" and _HARDWARE.search(clause):
@@ -131,8 +151,12 @@ def _clause_mentions(clause: str) -> List[Mention]:
             # The mention's own leading words count as context ("heart is not enlarged").
             head = match.group().rsplit(" ", 1)[0] + " " if " " in match.group() else ""
             label = classify(clause[: match.start()] + head, clause[match.end():])
+            if label == POSITIVE and observation in HEDGED_MENTIONS and HEDGED_MENTIONS[observation].search(match.group()):
+                label = UNCERTAIN
             mentions.append(Mention(observation, match.group(), label, clause))
     for observation, pattern in STRUCTURES.items():
+        if use_triggers and not _STRUCTURE_TRIGGER_RX[observation].search(clause):
+            continue
         text = mask(clause, UNMENTIONS[observation])
         for match in pattern.finditer(text):
             state = _structure_state(clause, match.start(), match.end())
@@ -144,7 +168,7 @@ def _clause_mentions(clause: str) -> List[Mention]:
     for match in OTHER_FINDINGS.finditer(clause):
         label = classify(clause[: match.start()], clause[match.end():])
         mentions.append(Mention(OTHER_FINDING, match.group(), label, clause))
-    return mentions
+    return tuple(mentions)
 
 
 def find_mentions(report: object) -> List[Mention]:

@@ -29,7 +29,6 @@ PSEUDO_NEGATION: Pattern[str] = rx(
     r"\bwithout (?:significant |interval |appreciable )*change\b",
     r"\bnot (?:significantly |substantially )?changed\b",
     r"\bnot only\b",
-    r"\bno longer (?:identified|seen|visualized|present|evident)\b(?=)",  # handled as post-negation
     r"\bnot (?:well |clearly |optimally )?(?:evaluated|assessed|excluded)\b(?<!excluded)",
 )
 

@@ -21,8 +21,13 @@ from typing import Dict, Pattern, Tuple
 
 
 def rx(*alternatives: str) -> Pattern[str]:
-    """One compiled alternation of the given regular expressions."""
-    return re.compile("|".join(f"(?:{a})" for a in alternatives))
+    """One compiled alternation of the given regular expressions (none of which may match '')."""
+    if not alternatives:
+        raise ValueError("rx() needs at least one alternative")
+    pattern = re.compile("|".join(f"(?:{a})" for a in alternatives))
+    if pattern.match(""):
+        raise ValueError(f"pattern matches the empty string: {pattern.pattern[:80]}")
+    return pattern
 
 
 _W = r"(?: [\w/-]+)"  # one more word inside a phrase
@@ -35,7 +40,7 @@ MENTIONS: Dict[str, Pattern[str]] = {
         r"\b(?:prominen\w*|enlarg\w*|full\w*) (?:of )?(?:the )?(?:bilateral |right |left )?hil(?:a|um|ar)\b"
         r"(?! (?:lymph|node|calcif))",
         r"\bhilar (?:prominence|enlargement|fullness)\b",
-        r"\bmediastinal (?:mass|lymphadenopathy|adenopathy)\b",
+        r"\bmediastinal mass\b",
     ),
     "Cardiomegaly": rx(
         r"\bcardiomegaly\b",
@@ -98,7 +103,7 @@ MENTIONS: Dict[str, Pattern[str]] = {
         r"\bcalcified pleura\w*",
         r"\bthickening of the pleura\b",
         r"\bfibrothorax\b",
-        r"\bfibros[ie]s\b|\bfibrotic\b",
+        r"\bfibros[ie]s\b",
         r"\bpleuro-?parenchymal (?:scar\w*|thickening|opacit\w*)",
         r"\bpleural-parenchymal (?:scar\w*|thickening)",
     ),
@@ -119,20 +124,48 @@ MENTIONS: Dict[str, Pattern[str]] = {
         r"\bleads?\b(?= (?:terminat|project|overl|in|to)\w*)",
         r"\belectrodes?\b",
         r"\bhardware\b",
-        r"\bprosthe\w*",
+        r"\b(?:valve|valvular) prosthe\w*|\bprosthetic (?:\w+ )?valve\b",
         r"\bvalve replacement\b|\b(?:mitral|aortic|tricuspid) valve (?:prosthesis|repair)\b|\bannuloplasty\b",
         r"\bshunt\b(?! vascularity)",
         r"\bdrains?\b",
         r"\bdevices?\b",
-        r"\bstimulator\b",
         r"\b(?:screw|plate|rod) fixation\b|\bscrews?\b|\bfixation\b|\brods?\b",
         r"\b(?:ivc|vena cava) filter\b",
         r"\bcoils?\b",
         r"\bswan[- ]ganz\b",
         r"\bballoon pump\b|\biabp\b",
-        r"\bvertebroplasty\b|\bkyphoplasty\b",
-        r"\bspinal (?:fusion|stimulator)\b",
     ),
+}
+
+# Substrings that every match of an observation's patterns contains: a clause without any of them
+# skips that observation's regular expressions (the labeler's main speed-up; a test checks it is exact).
+TRIGGERS: Dict[str, Tuple[str, ...]] = {
+    "Enlarged Cardiomediastinum": ("mediastin", "hil"),
+    "Cardiomegaly": ("cardiomegaly", "heart", "cardiac", "cardio"),
+    "Lung Lesion": ("nodul", "mass", "lesion", "tumor", "tumour", "neoplas", "carcinoma", "malignan", "metasta",
+                    "cavita", "cyst", "bleb", "bull"),
+    "Lung Opacity": ("opaci", "infiltrat", "air", "densit", "glass", "reticul", "interstiti", "peribronchial", "scar",
+                     "fibronodular", "parenchymal", "markings"),
+    "Edema": ("edema", "congestion", "engorgement", "chf", "failure", "overload"),
+    "Consolidation": ("consolidat",),
+    "Pneumonia": ("pneumoni", "infecti"),
+    "Atelectasis": ("atelecta", "collapse"),
+    "Pneumothorax": ("pneumothora",),
+    "Pleural Effusion": ("effusion", "pleural fluid", "hydrothorax"),
+    "Pleural Other": ("pleur", "fibrothorax", "fibros"),
+    "Fracture": ("fractur",),
+    "Support Devices": ("tube", "tubing", "tracheostomy", "catheter", "picc", "line", "port", "pace", "defibrillator",
+                        "icd", "lead", "electrode", "hardware", "prosthe", "valve", "annuloplasty", "shunt", "drain",
+                        "device", "screw", "fixation", "rod", "filter", "coil", "swan", "balloon", "iabp"),
+}
+STRUCTURE_TRIGGERS: Dict[str, Tuple[str, ...]] = {
+    "Cardiomegaly": ("heart", "cardiac", "cardio"),
+    "Enlarged Cardiomediastinum": ("mediastin", "hilar contour"),
+}
+
+# Mentions that suggest the finding without stating it: uncertain even when asserted.
+HEDGED_MENTIONS: Dict[str, Pattern[str]] = {
+    "Edema": rx(r"congestion|engorgement"),
 }
 
 UNMENTIONS: Dict[str, Pattern[str]] = {
@@ -140,7 +173,7 @@ UNMENTIONS: Dict[str, Pattern[str]] = {
     "Cardiomegaly": rx(r"\benlarged (?:left |right )?(?:atrium|ventricle)\b"),
     "Lung Lesion": rx(
         r"\bcalcified(?: \w+){0,3}? nodul\w*",
-        r"\bnodul\w*(?: \w+){0,3}? calcifi\w*",
+        r"\bnodul\w*(?: (?!without\b|no\b|not\b)\w+){0,3}? calcifi\w*",
         r"\b(?:bony|bone|lytic|osseous|sclerotic|skin|rib|blastic|expansile|spine|spinal|vertebral|breast|soft tissue|"
         r"osteo\w*) lesions?\b",
         r"\blesions? (?:of|in|involving) the(?: \w+)? (?:rib|ribs|spine|vertebra\w*|clavicle|humer\w*|scapula)\b",
@@ -174,12 +207,9 @@ UNMENTIONS: Dict[str, Pattern[str]] = {
         r"\bpost-?infecti\w*",
         r"\bsequela\w* of (?:\w+ )*?infecti\w*",
     ),
-    "Atelectasis": rx(),
     "Pleural Effusion": rx(
         r"\b(?:pericardial|joint|knee|shoulder|subpulmonic pericardial) effusions?\b",
     ),
-    "Pleural Other": rx(),
-    "Fracture": rx(),
     "Support Devices": rx(
         r"\btuber\w*",
         r"\b(?:surgical|postsurgical|post-surgical|vascular|cholecystectomy|gallbladder|axillary|mediastinal|hilar|"
@@ -202,8 +232,9 @@ UNMENTIONS: Dict[str, Pattern[str]] = {
 # The heart and mediastinum described by a predicate: "<structure> is <state>" or "<state> <structure>".
 STRUCTURES: Dict[str, Pattern[str]] = {
     "Cardiomegaly": rx(
-        r"\b(?:heart|cardiac)(?: size| silhouette| shadow| contours?| borders?)?\b(?! (?:failure|disease|valve|lead|"
-        r"generator|pacemaker|device|monitor))",
+        r"(?<!behind the )(?<!to the )(?<!over the )(?<!overlying the )(?<!of the )(?<!near the )(?<!along the )"
+        r"\bheart(?: size| silhouette| shadow| contours?| borders?)?\b(?! (?:failure|disease|valve|lead|xxxx))",
+        r"\bcardiac (?:size|silhouette|shadow|contours?|borders?)\b",
         r"\bcardio ?mediastinal (?:silhouette|contours?|size)\b(?= (?:is |are )?(?:\w+ )?(?:enlarg|large))",
     ),
     "Enlarged Cardiomediastinum": rx(
@@ -237,9 +268,9 @@ STRUCTURE_STATES: Tuple[Tuple[int, Pattern[str]], ...] = (
 
 # Abnormal findings outside the 14 observations: asserted, they keep the report from "No Finding".
 OTHER_FINDINGS: Pattern[str] = rx(
-    r"\bdegenerat\w*", r"\bspondylo\w*", r"\bosteophyt\w*", r"\bspurr?\w*", r"\bdish\b",
-    r"\bscolio\w*", r"\bkyphos\w*|\bkyphotic\b", r"\blordosis\b", r"\bdextro(?:scoliosis|convex\w*)",
-    r"\bcurvature\b", r"\bdeformit\w*", r"\bwedg\w*", r"\bcompression\b", r"\bretrolisthesis\b", r"\bosteopen\w*",
+    r"\bdegenerat\w*", r"\bspondylo\w*", r"\bosteophyt\w*",
+    r"\bscolio\w*", r"\bkyphos\w*|\bkyphotic\b", r"\bdextro(?:scoliosis|convex\w*)",
+    r"\bdeformit\w*", r"\bwedg\w*", r"\bcompression\b", r"\bretrolisthesis\b", r"\bosteopen\w*",
     r"\bdemineraliz\w*", r"\bosteopor\w*",
     r"\bgranulom\w*", r"\bcalcifi\w*", r"\bcalcific\b",
     r"\bemphysem\w*", r"\bcopd\b", r"\bchronic obstructive\b", r"\bobstructive (?:pulmonary|lung|airway)",
@@ -247,20 +278,13 @@ OTHER_FINDINGS: Pattern[str] = rx(
     r"\bflatten\w*", r"\bbullae\b|\bbullous\b",
     r"\bhernia\w*", r"\beventration\b", r"\belevat\w* (?:of )?(?:the )?(?:\w+ )?(?:hemi)?diaphragm\w*",
     r"\b(?:hemi)?diaphragm\w* (?:is |are )?elevat\w*",
-    r"\btortu\w*", r"\bectasia\b|\bectatic\b", r"\baneurysm\w*", r"\batherosclero\w*", r"\bunfold\w*",
+    r"\baneurysm\w*", r"\batherosclero\w*",
     r"\bbronchiectasis\b", r"\bbronchitis\b|\bbronchitic\b", r"\bbronchiolitis\b", r"\bairways? disease\b",
     r"\basthma\b", r"\bbronchospasm\b", r"\breactive airway\b", r"\bbronchial (?:wall )?thickening\b",
     r"\binflammat\w*", r"\baspiration\b", r"\bcephaliz\w*", r"\bblunt\w*", r"\bthicken\w*",
-    r"\bplaques?\b", r"\bpectus\b", r"\bcholecystectomy\b", r"\bsternotomy\b", r"\bthoracotomy\b",
-    r"\blobectomy\b", r"\bpneumonectomy\b", r"\bmastectomy\b", r"\bpostoperative\b|\bpostop\b|\bpost-op\b",
-    r"\bpostsurgical\b|\bsurgical changes\b|\bstatus post\b|\bs/p\b",
-    r"\bclips?\b", r"\bstents?\b", r"\bwires?\b", r"\bvolume loss\b", r"\bcrowding\b",
-    r"\b(?:low|decreased|reduced|diminished) (?:lung )?volumes?\b", r"\blung volumes are (?:low|decreased|reduced)\b",
-    r"\bhypoinflat\w*|\bhypovent\w*|\bunderinflat\w*|\bhypoexpan\w*|\bpoor(?:ly)? (?:inspir|inflat)\w*",
-    r"\blymphadenopathy\b|\badenopathy\b", r"\blymph (?:node|nodes|xxxx)\b", r"\bdilat\w*", r"\bdistention\b|\bdistension\b",
+    r"\bplaques?\b", r"\bpectus\b", r"\bvolume loss\b",
     r"\bpneumoperitoneum\b", r"\bfree air\b", r"\bsubcutaneous (?:air|emphysema)\b", r"\bair-fluid\b",
     r"\btuberculo\w*", r"\bhistoplasm\w*", r"\bsarcoid\w*",
-    r"\bcardiac (?:pacemaker|device|generator)\b",
-    r"\bprominent (?:pulmonary )?(?:arter\w*|vascul\w*|vessels?)\b", r"\bpulmonary (?:arterial )?hypertension\b",
-    r"\bdislocat\w*", r"\bsclero\w*", r"\blytic\b", r"\bexpansile\b", r"\bmyeloma\b", r"\babnormalit\w*",
+    r"\bpulmonary (?:arterial )?hypertension\b",
+    r"\bdislocat\w*", r"\blytic\b", r"\bexpansile\b", r"\bmyeloma\b",
 )
