@@ -84,7 +84,7 @@ NEGATION: Pattern[str] = rx(
     r"\bfree of\b|\bfree from\b",
     r"\bclear of\b",
     r"\babsence of\b|\babsent\b",
-    r"\bresolution of\b|\bresolved\b|\bresolving\b",
+    r"\bresolution of\b|\bresolved\b",
     r"\bclearing of\b|\bcleared\b",
     r"\bremoval of\b|\bremoved\b",
     r"\bruled out\b",
