@@ -29,7 +29,7 @@ PSEUDO_NEGATION: Pattern[str] = rx(
     r"\bwithout (?:significant |interval |appreciable )*change\b",
     r"\bnot (?:significantly |substantially )?changed\b",
     r"\bnot only\b",
-    r"\bnot (?:well |clearly |optimally )?(?:evaluated|assessed|excluded)\b(?<!excluded)",
+    r"\bnot (?:well |clearly |optimally )?(?:evaluated|assessed)\b",
 )
 
 # "Cannot exclude X", "X cannot be ruled out": uncertain, although they contain a negation word.
@@ -62,14 +62,12 @@ HEDGE: Pattern[str] = rx(
     r"\bnot (?:be )?excluded\b",
     r"\bcannot be excluded\b",
     r"\buncertain\b|\bunclear\b",
-    r"\bvs\.?\b",
-    r"\bsecondary to\b(?= (?:\w+ )?(?:crowding|atelecta))",
     r"\brepresent(?:s|ing)?\b(?= (?:\w+ ){0,3}(?:or|and/or)\b)",
     r"\bnonspecific\b|\bnon-specific\b",
     r"\bappear(?:s|ance)? (?:of|to be|to represent)\b",
     r"\bthought to (?:be|represent)\b",
     r"\bcorrelat\w* (?:clinically |with|for)\b",
-    r"\b(?:apparent|apparently|apical lordotic)\b(?!=)",
+    r"\bapparent(?:ly)?\b",
     r"\?",
 )
 
