@@ -7,8 +7,8 @@ cue rules (``labeler_context``):
 
 1. **Mention extraction** per observation over a normalised report (lower case; OpenI's ``x-XXXX``
    read as ``x-ray``; other ``XXXX`` tokens stay opaque words, so ``no XXXX of a pleural effusion`` is
-   still negated). *Unmention* phrases are masked first (``pericardial effusion``, ``calcified
-   nodule``, ``surgical clips``, ``platelike``, ``endplate``).
+   still negated). *Unmention* phrases are masked first (``pericardial effusion``, ``bony
+   lesion``, ``surgical clips``, ``platelike``, ``endplate``).
 2. **Classification** of each mention inside its clause (sentences split at ``. ; :``, clauses at
    ``but``, ``however``, ``although``, ``, there is`` ...): pre-negation uncertainty, negation,
    uncertainty, in that order (see ``labeler_context``).

@@ -8,7 +8,7 @@ over the normalised (lower-case, single-spaced) report.
 * ``MENTIONS``: a finding named outright ("cardiomegaly", "small left effusion"); its label then
   comes from the negation / uncertainty cues around it (``labeler_context``).
 * ``UNMENTIONS``: spans that look like a mention but are not one for that observation ("pericardial
-  effusion", "calcified nodule", "surgical clips", "platelike atelectasis"); they are masked first.
+  effusion", "bony lesion", "surgical clips", "platelike atelectasis"); they are masked first.
 * ``STRUCTURES``: the heart and mediastinum described by a predicate ("heart size is normal",
   "stable cardiomediastinal silhouette"); ``STRUCTURE_STATES`` map the predicate to a label.
 * ``OTHER_FINDINGS``: abnormal findings outside the 14 observations (degenerative change, granuloma,
@@ -170,8 +170,6 @@ UNMENTIONS: Dict[str, Pattern[str]] = {
     "Enlarged Cardiomediastinum": rx(r"\bhilar (?:lymph|nodes?|calcifi\w*)"),
     "Cardiomegaly": rx(r"\benlarged (?:left |right )?(?:atrium|ventricle)\b"),
     "Lung Lesion": rx(
-        r"\bcalcified(?: \w+){0,3}? nodul\w*",
-        r"\bnodul\w*(?: (?!without\b|no\b|not\b)\w+){0,3}? calcifi\w*",
         r"\b(?:bony|bone|lytic|osseous|sclerotic|skin|rib|blastic|expansile|spine|spinal|vertebral|breast|soft tissue|"
         r"osteo\w*) lesions?\b",
         r"\blesions? (?:of|in|involving) the(?: \w+)? (?:rib|ribs|spine|vertebra\w*|clavicle|humer\w*|scapula)\b",
