@@ -106,15 +106,19 @@ def _f(value: Optional[float], width: int = 8) -> str:
     return f"{'n/a':>{width}s}" if value is None else f"{value:{width}.4f}"
 
 
+def _signed(value: float) -> str:
+    return f"{round(value, 4) + 0.0:+.4f}"  # + 0.0 turns a rounded -0.0 into 0.0
+
+
 def format_comparison(result: Dict[str, Any]) -> str:
     lines = [f"A = {result['run_a']}", f"B = {result['run_b']}",
              f"{result['n_samples']} paired samples; 95% paired-bootstrap CI ({result['resamples']} resamples), "
              f"approximate-randomisation p ({result['permutations']} permutations, seed {result['seed']})",
              f"{'metric':34s}{'A':>8s}{'B':>9s}{'A - B':>9s}  {'95% CI':>19s}  {'p':>7s}"]
     for name, m in result["metrics"].items():
-        ci = "n/a" if m["low"] is None else f"[{m['low']:+.4f}, {m['high']:+.4f}]"
+        ci = "n/a" if m["low"] is None else f"[{_signed(m['low'])}, {_signed(m['high'])}]"
         p = "n/a" if m["p_value"] is None else f"{m['p_value']:.4f}"
-        diff = "n/a" if m["diff"] is None else f"{m['diff']:+.4f}"
+        diff = "n/a" if m["diff"] is None else _signed(m["diff"])
         lines.append(f"{name:34s}{_f(m['a'])} {_f(m['b'])} {diff:>8s}  {ci:>19s}  {p:>7s}")
     return "\n".join(lines)
 
