@@ -88,7 +88,10 @@ def build_splits(cfg: Config, splits: Sequence[str]) -> List[tuple]:
         # Builders that take the run-wide bad-sample policy get it (a dataset's own setting still wins).
         takes_policy = "on_bad_sample" in inspect.signature(builder_cls).parameters
         builder = builder_cls(ds_cfg, on_bad_sample=cfg.run_cfg.on_bad_sample) if takes_policy else builder_cls(ds_cfg)
-        built = builder.build_datasets()
+        # Every split is scored as test data: the train split too gets the eval processor (no random crops,
+        # the model's image size), never the training augmentation.
+        takes_stage = "eval_processors" in inspect.signature(builder.build_datasets).parameters
+        built = builder.build_datasets(eval_processors=True) if takes_stage else builder.build_datasets()
         for split in splits:
             if split in built and built[split] is not None:
                 found.append((name, split, built[split]))

@@ -117,7 +117,8 @@ def main(argv: List[str] | None = None) -> int:
     from xraygpt.train import run_training
 
     start = time.perf_counter()
-    cfg = Config({"cfg_path": args.cfg_path, "options": args.options})
+    # The quick start owns its job folder: a rerun trains it again (run.overwrite) instead of being refused.
+    cfg = Config({"cfg_path": args.cfg_path, "options": ["run.overwrite=true", *args.options]})
     dataset_cfg = next(iter(cfg.datasets_cfg.values()))
     data_dir = Path(dataset_cfg.build_info.storage)
     ensure_phantoms(data_dir, args.phantoms, int(cfg.run_cfg.seed), args.phantom_size)
