@@ -225,8 +225,9 @@ def test_wrong_or_missing_key(server, images, key):
 
 
 @pytest.mark.parametrize("extra, message", [
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": {}}}},
-     "structured reports are not available yet"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": {"type": "array"}}}},
+     "this server writes one JSON schema, the xraygpt chest X-ray report v1"),
+    ({"response_format": {"type": "json_object"}, "stream": True}, "cannot be streamed"),
     ({"n": 2}, "n=2 is not supported"),
     ({"max_tokens": 5000}, "above this server's limit of 1024"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools is not supported"),
@@ -235,6 +236,23 @@ def test_unsupported_parameters(client, images, extra, message):
     status, got = _error(lambda: client.chat.completions.create(
         model="xraygpt", messages=_ask(data_url(images[0]), "hi"), **extra))
     assert status == 400 and message in got, got
+
+
+def test_json_schema_response_is_the_structured_report_of_the_answer(server, client, images):
+    import json
+
+    from xraygpt.structured import extract_report, report_schema, schema_errors
+
+    messages = _ask(data_url(images[1]), "What are the key findings in this chest x-ray?")
+    plain = client.chat.completions.create(model="xraygpt", messages=messages, max_tokens=MAX_TOKENS, temperature=0)
+    for response_format in ({"type": "json_schema", "json_schema": {"name": "report", "schema": report_schema()}},
+                            {"type": "json_object"}):
+        reply = client.chat.completions.create(model="xraygpt", messages=messages, max_tokens=MAX_TOKENS,
+                                               temperature=0, response_format=response_format)
+        report = json.loads(reply.choices[0].message.content)
+        assert schema_errors(report) == []
+        assert report["findings"] == extract_report(plain.choices[0].message.content, {})["findings"]
+        assert report["generator"]["mode"] == "extract" and report["generator"]["settings"]["max_new_tokens"] == MAX_TOKENS
 
 
 def test_malformed_json_and_unknown_route(server):

@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from xraygpt.common.cli import is_loopback, run_cli, setup_logging
 from xraygpt.common.config import Config, ConfigError, add_config_arguments
 from xraygpt.conversation.generation import GenerationSettings
+from xraygpt.structured.table import TABLE_CSS, findings_table_html
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,9 @@ EXAMPLE_PROMPTS = [
     "Is the overall impression normal or abnormal?",
 ]
 # The disclaimer sticks to the top of the window so it stays in view while scrolling.
-DEMO_CSS = "#disclaimer {position: sticky; top: 0; z-index: 100; background: #fff4d6; padding: 8px 12px;}"
+DEMO_CSS = "#disclaimer {position: sticky; top: 0; z-index: 100; background: #fff4d6; padding: 8px 12px;}" + TABLE_CSS
+# The "Copy JSON" button runs in the browser: the JSON box's text goes to the clipboard.
+COPY_JSON_JS = "(text) => { navigator.clipboard.writeText(text || ''); }"
 History = List[Dict[str, str]]
 
 
@@ -132,34 +135,46 @@ class DemoHandlers:
     chatbot history (``[{"role", "content"}]``) and a status message.
     """
 
-    def __init__(self, chat: Any, max_file_size: int):
+    def __init__(self, chat: Any, max_file_size: int, model_name: str = "xraygpt"):
         self.chat = chat
         self.max_file_size = max_file_size
+        self.model_name = model_name
 
-    def upload(self, file_path: Optional[str]) -> Tuple[Any, Any, History, str]:
-        """New image -> fresh conversation.  Returns (state, preview image, history, status)."""
-        if not file_path:
+    def upload(self, file_path: Any) -> Tuple[Any, Any, History, str]:
+        """New image(s) -> fresh conversation.  Returns (state, preview image, history, status).
+
+        Several files are the views of one study (in upload order), for a model with ``model.max_images`` > 1.
+        """
+        paths = [p for p in (file_path if isinstance(file_path, (list, tuple)) else [file_path]) if p]
+        if not paths:
             return None, None, [], "Upload a chest x-ray (PNG, JPEG or DICOM) to start."
-        name = Path(file_path).name
-        problem = self._check_file(Path(file_path))
-        if problem:
-            return None, None, [], problem
-        from xraygpt.datasets.image_io import ImageLoadError, load_medical_image
-
-        try:
-            image = load_medical_image(file_path)
-        except ImageLoadError as exc:
-            logger.info("rejected upload %s: %s", name, exc)
+        names = ", ".join(Path(p).name for p in paths)
+        limit = getattr(getattr(getattr(self.chat, "model", None), "config", None), "max_images", 1)
+        if len(paths) > limit:
             return None, None, [], (
-                f"**Error:** Could not read **{name}** as an image. Please upload a valid PNG, JPEG or DICOM file."
+                f"**Error:** {len(paths)} files uploaded, but this model reads at most {limit} image(s) per study."
             )
+        images = []
+        for path in paths:
+            problem = self._check_file(Path(path))
+            if problem:
+                return None, None, [], problem
+            from xraygpt.datasets.image_io import ImageLoadError, load_medical_image
+
+            try:
+                images.append(load_medical_image(path))
+            except ImageLoadError as exc:
+                logger.info("rejected upload %s: %s", Path(path).name, exc)
+                return None, None, [], (
+                    f"**Error:** Could not read **{Path(path).name}** as an image. Please upload a valid PNG, JPEG or DICOM file."
+                )
         try:
             state = self.chat.new_state()
-            self.chat.upload_img(image, state)
+            self.chat.upload_img(images[0] if len(images) == 1 else images, state)
         except Exception:
-            logger.exception("encoding %s failed", name)
+            logger.exception("encoding %s failed", names)
             return None, None, [], "**Error:** The image could not be processed; the error was logged on the server."
-        return state, image, [], f"**{name}** loaded. Ask a question about it."
+        return state, images[0], [], f"**{names}** loaded. Ask a question about {'it' if len(images) == 1 else 'the study'}."
 
     def ask(self, text: str, history: History, state: Any) -> Tuple[str, History, Any, str]:
         """Record the question.  Returns (textbox value, history, state, status)."""
@@ -202,6 +217,28 @@ class DemoHandlers:
         state.warnings.clear()
         yield history, state, f"**Note:** {notes}" if notes else "Done."
 
+    def structure(
+        self, history: History, num_beams: float, temperature: float, max_new_tokens: float
+    ) -> Tuple[str, str]:
+        """The last answer as a findings table and its schema-valid JSON (extract mode).  Returns (html, json)."""
+        import json
+
+        from xraygpt.structured.reports import model_generator, structured_from_text
+
+        answers = [_message_text(m["content"]) for m in history or [] if m.get("role") == "assistant"]
+        if not answers:
+            return "", ""
+        settings = GenerationSettings(
+            max_new_tokens=int(max_new_tokens), num_beams=int(num_beams), temperature=float(temperature)
+        )
+        try:
+            generator = model_generator(self.chat.model, "extract", self.model_name, settings.as_dict())
+            report = structured_from_text(answers[-1], generator)
+        except Exception:
+            logger.exception("structuring the answer failed")
+            return "<p>The findings table could not be built; the error was logged on the server.</p>", ""
+        return findings_table_html(report), json.dumps(report, indent=2, ensure_ascii=False)
+
     def reset(self) -> Tuple[None, None, None, History, str, str]:
         """Forget the image and the conversation.  Returns (state, file, preview, history, textbox, status)."""
         return None, None, None, [], "", "Chat cleared. Upload an image to start again."
@@ -229,6 +266,15 @@ class DemoHandlers:
             messages[-1][1] = IMAGE_TAG
         else:
             messages.pop()
+
+
+def _message_text(content: Any) -> str:
+    """A chat message's text: Gradio sends messages back as a list of ``{"type": "text", "text": ...}`` parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text", ""))
+    return " ".join(_message_text(part) for part in content or [])
 
 
 # ------------------------------------------------------------------------ UI
@@ -261,14 +307,14 @@ def build_demo(handlers: DemoHandlers, examples: List[str], concurrency: int, qu
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(
-                    label="Image (PNG, JPEG or DICOM)", file_types=list(UPLOAD_SUFFIXES), type="filepath",
-                    elem_id="upload",
+                    label="Image (PNG, JPEG or DICOM; several files = the views of one study)",
+                    file_types=list(UPLOAD_SUFFIXES), type="filepath", file_count="multiple", elem_id="upload",
                 )
                 preview = gr.Image(
                     label="Loaded image", type="pil", interactive=False, height=260, buttons=["fullscreen"]
                 )
                 if examples:
-                    gr.Examples(examples=[[p] for p in examples], inputs=[upload], label="Example phantoms (synthetic)")
+                    gr.Examples(examples=[[[p]] for p in examples], inputs=[upload], label="Example phantoms (synthetic)")
                 num_beams = gr.Slider(1, 5, value=1, step=1, label="Beam search (number of beams)", elem_id="num-beams")
                 temperature = gr.Slider(
                     0.0, 2.0, value=1.0, step=0.1, label="Temperature (0 = greedy)", elem_id="temperature"
@@ -282,12 +328,20 @@ def build_demo(handlers: DemoHandlers, examples: List[str], concurrency: int, qu
                     label="Your question", placeholder="Ask about the image and press Enter", elem_id="question"
                 )
                 gr.Examples(examples=[[p] for p in EXAMPLE_PROMPTS], inputs=[question], label="Example questions")
+                gr.Markdown("**Findings in the last answer** (read from its text; hover a row for the sentence)")
+                findings_html = gr.HTML("", elem_id="findings-table")
+                copy_json = gr.Button("Copy JSON", elem_id="copy-json", size="sm")
+                with gr.Accordion("Structured report (JSON)", open=False):
+                    findings_json = gr.Code("", language="json", interactive=False, elem_id="findings-json")
 
         upload.change(handlers.upload, [upload], [state, preview, chatbot, status], **model_queue)
         question.submit(handlers.ask, [question, chatbot, state], [question, chatbot, state, status]).then(
             handlers.answer, [chatbot, state, num_beams, temperature, max_new_tokens], [chatbot, state, status],
             **model_queue,
-        )
+        ).then(handlers.structure, [chatbot, num_beams, temperature, max_new_tokens], [findings_html, findings_json])
+        copy_json.click(None, [findings_json], None, js=COPY_JSON_JS)
+        for clear_event in (reset.click, chatbot.clear, upload.change):  # a new conversation has no findings yet
+            clear_event(lambda: ("", ""), None, [findings_html, findings_json])
         for clear_event in (reset.click, chatbot.clear):  # the chat's own trash button resets too
             clear_event(handlers.reset, None, [state, upload, preview, chatbot, question, status])
     demo.queue(default_concurrency_limit=concurrency, max_size=queue_size)
@@ -323,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     gradio_import = threading.Thread(target=importlib.import_module, args=("gradio",), daemon=True)
     gradio_import.start()
     chat = load_chat(args)
-    handlers = DemoHandlers(chat, options["max_file_size"])
+    model_name = f"{getattr(chat.model.config, 'arch', 'model')}:{args.cfg_path}"
+    handlers = DemoHandlers(chat, options["max_file_size"], model_name=model_name)
     gradio_import.join()
     with tempfile.TemporaryDirectory(prefix="xraygpt-demo-") as tmp:
         demo = build_demo(handlers, example_images(Path(tmp)), args.concurrency, args.queue_size)

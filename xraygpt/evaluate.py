@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--uncertain", choices=["negative", "positive", "ignore"], default="negative",
         help="how uncertain CheXpert labels count in clinical efficacy",
     )
+    parser.add_argument(
+        "--structured", action="store_true",
+        help="also score structured reports per field (status per observation, laterality, location, severity); "
+             "references are read from the reference texts in extract mode",
+    )
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                         help="resamples of studies for the 95%% confidence intervals (0: none)")
     parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resamples")
@@ -140,7 +145,8 @@ def generate_records(
                 if batch is None:  # every sample of the batch was unreadable (and the policy is skip)
                     continue
                 prompts = list(batch["prompt"])
-                outputs = model.generate(batch["image"].to(device), prompts, **generation_kwargs)
+                studies = {k: batch[k] for k in ("image_counts", "views") if k in batch}  # several views per sample
+                outputs = model.generate(batch["image"].to(device), prompts, **generation_kwargs, **studies)
                 if len(outputs) != len(prompts):
                     raise RuntimeError(f"model.generate returned {len(outputs)} texts for a batch of {len(prompts)}")
                 marked = batch.get("question") or [None] * len(prompts)
@@ -212,10 +218,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     add_learned_metrics(result, records, cfg.config.get("evaluation"))
     result["skipped_samples"] = skipped
+    if args.structured:
+        from xraygpt.evaluation.structured_scores import format_structured
+        from xraygpt.structured.evaluation import add_structured_scores
+
+        add_structured_scores(result, records, model, str(cfg.cfg_path), generation_kwargs)
     settings = {"config": str(cfg.cfg_path), "splits": splits, "batch_size": batch_size, "device": device,
                 "limit": args.limit, "generation": generation_kwargs, "vqa_datasets": args.vqa_datasets}
     written = write_outputs(out_dir, records, result, settings, figure=not args.no_figure)
     print(format_summary(result))
+    if args.structured:
+        print(format_structured(result["structured"]))
     print(f"wrote {', '.join(p.name for p in written)} to {out_dir} ({len(records)} samples"
           f"{f', {skipped} unreadable samples skipped' if skipped else ''})")
     return 0

@@ -86,11 +86,11 @@ def read_previous_output(out: Path, data: bytes) -> PreviousOutput:
             record = json.loads(line.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{out}:{number} is not JSON ({exc}): not an output of this command; {how_to_fix}") from None
-        if not isinstance(record, dict) or not isinstance(record.get("image"), str) or not (
-            "report" in record or "error" in record
-        ):
+        image = record.get("image") if isinstance(record, dict) else None
+        is_study = isinstance(image, list) and "study_id" in record  # --study-manifest records
+        if not (isinstance(image, str) or is_study) or not ("report" in record or "error" in record):
             raise ConfigError(f"{out}:{number} is not a report or error record of this command; {how_to_fix}")
-        key = _key(record["image"])
+        key = _record_key(record)
         if "report" in record:
             previous.done.add(key)
             previous.errors.pop(key, None)
@@ -150,12 +150,31 @@ class OutputFile:
             self.path.unlink(missing_ok=True)
 
 
+def _record_key(record: dict) -> str:
+    return f"study:{record['study_id']}" if "study_id" in record else _key(record["image"])
+
+
 def _key(path: str | Path) -> str:
     """Resume matches images by absolute path, however they were named on the command line."""
     return str(Path(path).resolve())
 
 
-def batches(items: Sequence[Path], size: int) -> Iterable[List[Path]]:
+def _item_key(item) -> str:
+    return _key(item) if isinstance(item, Path) else f"study:{item.id}"
+
+
+def _item_images(item) -> Sequence[Path]:
+    return [item] if isinstance(item, Path) else item.images
+
+
+def _item_fields(item) -> dict:
+    """How a record names its input: an image path, or a study's id, images and views."""
+    if isinstance(item, Path):
+        return {"image": str(item), "image_id": item.stem}
+    return {"image": [str(p) for p in item.images], "study_id": item.id, "views": item.views, "image_id": item.id}
+
+
+def batches(items: Sequence, size: int) -> Iterable[List]:
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
 
@@ -163,7 +182,11 @@ def batches(items: Sequence[Path], size: int) -> Iterable[List[Path]]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Generate a report for each image into a JSON-lines file (resumable).")
     add_config_arguments(parser)
-    parser.add_argument("--images", nargs="+", required=True, help="image files, folders, glob patterns or .txt lists")
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--images", nargs="+", help="image files, folders, glob patterns or .txt lists")
+    inputs.add_argument("--study-manifest", type=Path,
+                        help="studies.jsonl: one study per line, {\"id\", \"image\": [paths], \"views\": [names]?}; "
+                             "one report per study from all its images (needs model.max_images >= the views)")
     parser.add_argument("--out", required=True, type=Path, help="JSON-lines output; existing reports are kept and skipped")
     parser.add_argument(
         "--prompt", default=DEFAULT_PROMPT,
@@ -180,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--repetition-penalty", type=float, default=defaults.repetition_penalty, help="> 1 discourages repeats"
     )
+    parser.add_argument(
+        "--structured", nargs="?", const="extract", choices=("extract", "constrained"), default=None,
+        help="also write a schema-valid structured report per image (key 'structured'): extract = read it from the "
+             "prose (default), constrained = decode the JSON under the schema (models fine-tuned on JSON targets)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -193,7 +221,12 @@ def main(argv: List[str] | None = None) -> int:
         max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, temperature=args.temperature,
         top_p=args.top_p, repetition_penalty=args.repetition_penalty,
     )
-    images = collect_images(args.images)
+    if args.study_manifest:
+        from xraygpt.datasets.study_manifest import read_study_manifest
+
+        images = read_study_manifest(args.study_manifest)
+    else:
+        images = collect_images(args.images)
     out = OutputFile(args.out)
     try:
         return _generate(args, settings, images, out)
@@ -201,9 +234,9 @@ def main(argv: List[str] | None = None) -> int:
         out.close()
 
 
-def _generate(args: argparse.Namespace, settings: GenerationSettings, images: List[Path], out: OutputFile) -> int:
+def _generate(args: argparse.Namespace, settings: GenerationSettings, images: List, out: OutputFile) -> int:
     done, known_errors = out.previous.done, out.previous.errors
-    todo = [path for path in images if _key(path) not in done]
+    todo = [item for item in images if _item_key(item) not in done]
     logger.info("%d images: %d already in %s, %d to do", len(images), len(images) - len(todo), args.out, len(todo))
     if not todo:
         return 0
@@ -220,37 +253,50 @@ def _generate(args: argparse.Namespace, settings: GenerationSettings, images: Li
     if settings.num_beams == 1 and hasattr(model, "warm_up"):  # captures now, not in the first batch
         model.warm_up(min(args.batch_size, len(todo)), prompt=args.prompt, generation_kwargs=[settings.generate_kwargs()])
     run_settings = {**settings.as_dict(), "batch_size": args.batch_size, "cfg_path": str(args.cfg_path), "device": str(device)}
+    if args.structured:
+        from xraygpt.structured import generate_structured, model_generator
+
+        generator = model_generator(model, args.structured, f"{cfg.model_cfg.arch}:{args.cfg_path}", run_settings)
 
     failures = 0
     with tqdm(total=len(todo), disable=args.no_progress, unit="img") as bar:
         for batch in batches(todo, args.batch_size):
             pixels, readable = [], []
-            for path in batch:
+            for item in batch:
                 try:
-                    pixels.append(processor(load_medical_image(path)))
-                    readable.append(path)
+                    pixels.append([processor(load_medical_image(path)) for path in _item_images(item)])
+                    readable.append(item)
                 except ImageLoadError as exc:
                     failures += 1
                     logger.error("%s", exc)
                     # Retried on every run, but recorded once while the reason stays the same.
-                    if known_errors.get(_key(path)) != str(exc):
-                        out.write({"image": str(path), "image_id": path.stem, "error": str(exc)})
+                    if known_errors.get(_item_key(item)) != str(exc):
+                        out.write({**_item_fields(item), "error": str(exc)})
             if readable:
                 start = time.perf_counter()
+                kwargs = settings.generate_kwargs()
+                if args.study_manifest:  # every study's images one after the other, with their counts and views
+                    kwargs.update(image_counts=[len(p) for p in pixels], views=[item.views for item in readable])
                 with torch.inference_mode():
-                    reports, ids = model.generate(
-                        torch.stack(pixels).to(device), [args.prompt] * len(readable), return_ids=True,
-                        **settings.generate_kwargs()
-                    )
+                    batch_pixels = torch.stack([image for study in pixels for image in study]).to(device)
+                    prompts = [args.prompt] * len(readable)
+                    if args.structured:
+                        reports, structured, ids = generate_structured(
+                            model, batch_pixels, prompts, args.structured, generator, return_ids=True, **kwargs
+                        )
+                    else:
+                        (reports, ids), structured = model.generate(batch_pixels, prompts, return_ids=True, **kwargs), None
                 seconds = time.perf_counter() - start
                 stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                for path, report, new_ids in zip(readable, reports, ids):
-                    out.write({
-                        "image": str(path), "image_id": path.stem, "prompt": args.prompt, "report": report,
-                        "new_tokens": len(new_ids),
+                for number, (item, report, new_ids) in enumerate(zip(readable, reports, ids)):
+                    record = {
+                        **_item_fields(item), "prompt": args.prompt, "report": report, "new_tokens": len(new_ids),
                         "seconds": round(seconds / len(readable), 4), "batch_seconds": round(seconds, 4),
                         "created": stamp, "settings": run_settings,
-                    })
+                    }
+                    if structured is not None:
+                        record["structured"] = structured[number]
+                    out.write(record)
             out.sync()
             bar.update(len(batch))
     logger.info("wrote %d reports to %s; %d images could not be read", len(todo) - failures, args.out, failures)

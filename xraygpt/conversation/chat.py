@@ -17,7 +17,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Union
 
 import torch
 from PIL import Image
@@ -72,14 +72,25 @@ class Chat:
         return ChatState(self.template.new_conversation())
 
     # ------------------------------------------------------------------ turns
-    def upload_img(self, image: ImageInput, state: ChatState) -> None:
-        """Encode ``image`` once and open the user's turn with it (one image per conversation)."""
+    def upload_img(self, image: Union[ImageInput, Sequence[ImageInput]], state: ChatState,
+                   views: Optional[Sequence[str]] = None) -> None:
+        """Encode ``image`` once and open the user's turn with it (one image, or the views of one study,
+        per conversation; a study needs ``model.max_images`` >= its views)."""
         if state.image_features is not None:
             raise ValueError("this conversation already has an image; start a new one for another image")
-        pixels = self._pixels(image)
+        images = list(image) if isinstance(image, (list, tuple)) else [image]
+        limit = getattr(self.model.config, "max_images", 1)
+        if len(images) > limit:
+            raise ValueError(f"{len(images)} images but this model takes at most {limit} (model.max_images)")
+        pixels = torch.stack([self._pixels(i) for i in images])
         with torch.inference_mode():
-            state.image_features = self.model.encode_qformer(pixels.unsqueeze(0).to(self.model.device))
-        self._add_user_text(state, IMAGE_TAG)
+            state.image_features = self.model.encode_qformer(pixels.to(self.model.device))
+        if len(images) == 1:
+            self._add_user_text(state, IMAGE_TAG)
+        else:
+            from xraygpt.models.prompting import image_segments
+
+            self._add_user_text(state, image_segments(len(images), views, self.model.config.view_template))
 
     def ask(self, text: str, state: ChatState) -> None:
         """Add the user's question (joined to a pending image turn, as the model was trained)."""

@@ -9,7 +9,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from xraygpt.data_creation.filters import TextFilter
 from xraygpt.data_creation.images import IMAGE_FORMATS
-from xraygpt.data_creation.pipeline import TASKS, GeneratorSpec, RunOptions, run
+from xraygpt.data_creation.pipeline import DEFAULT_TASKS, TASKS, GeneratorSpec, RunOptions, run
 from xraygpt.data_creation.records import DataCreationError, Rejection, SourceItem
 from xraygpt.data_creation.splitting import parse_fractions
 
@@ -19,7 +19,9 @@ EPILOG = "Docs and examples: docs/data_creation.md"
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, required=True, help="dataset folder to create or resume (image/, filter_cap*.json, manifest.json)")
-    out.add_argument("--tasks", default=",".join(TASKS), help="comma list of tasks: report (report prompt -> report), vqa (question -> answer)")
+    out.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
+                     help="comma list of tasks: report (report prompt -> report), vqa (question -> answer), "
+                          "structured (JSON report target for constrained decoding; OpenI only)")
     out.add_argument("--sample-size", type=int, default=None, help="keep a seeded random subset of this many items after filtering")
     out.add_argument("--seed", type=int, default=42, help="seed of the sampling and of the split")
     out.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions of the groups (patients/studies/articles)")
@@ -82,7 +84,7 @@ def _generator_spec(args: argparse.Namespace) -> GeneratorSpec:
     )
 
 
-def _options(args: argparse.Namespace, all_images: bool = False) -> RunOptions:
+def _options(args: argparse.Namespace, all_images: bool = False, study_level: bool = False) -> RunOptions:
     if args.concurrency < 1 or args.max_attempts < 1:
         raise DataCreationError("--concurrency and --max-attempts must be at least 1")
     return RunOptions(
@@ -93,6 +95,7 @@ def _options(args: argparse.Namespace, all_images: bool = False) -> RunOptions:
         split=parse_fractions(args.split),
         image_format=args.image_format,
         all_images=all_images,
+        study_level=study_level,
         concurrency=args.concurrency if args.llm else 1,
         progress=not args.no_progress,
         overwrite=args.overwrite,
@@ -106,7 +109,7 @@ def _main(build: Callable[[argparse.Namespace], Tuple[List[SourceItem], List[Rej
     try:
         spec = _generator_spec(args)  # fail on a missing key/model before reading anything
         items, rejections, text_filter, source_info = build(args)
-        run(items, rejections, text_filter, _options(args, getattr(args, "all_images", False)), spec, source_info)
+        run(items, rejections, text_filter, _options(args, getattr(args, "all_images", False), getattr(args, "study_level", False)), spec, source_info)
     except DataCreationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -131,6 +134,9 @@ def openi_parser() -> argparse.ArgumentParser:
     flt.add_argument("--min-impression-chars", type=int, default=1, help="drop studies whose cleaned impression is shorter (0: keep empty)")
     flt.add_argument("--projection", choices=("frontal", "any"), default="frontal", help="which views count as the study's images")
     flt.add_argument("--all-images", action="store_true", help="one entry per selected image instead of the first image only")
+    flt.add_argument("--study-level", action="store_true",
+                     help="one entry per study with its first frontal and first lateral image ('image': [...], "
+                          "'views': ['Frontal', 'Lateral']); the split stays per study")
     _common_arguments(parser)
     return parser
 
@@ -138,10 +144,13 @@ def openi_parser() -> argparse.ArgumentParser:
 def _build_openi(args: argparse.Namespace):
     from xraygpt.data_creation.openi import read_openi
 
-    items, rejections = read_openi(args.root, args.reports_csv, args.projections_csv, args.images_dir, args.projection)
+    if args.study_level and args.all_images:
+        raise DataCreationError("--study-level and --all-images exclude each other (one study entry vs one entry per image)")
+    items, rejections = read_openi(args.root, args.reports_csv, args.projections_csv, args.images_dir, args.projection,
+                                   study_level=args.study_level)
     text_filter = TextFilter(min_findings_chars=args.min_findings_chars, min_impression_chars=args.min_impression_chars)
     info = {"name": "openi", "layout": "kaggle", **{k: str(getattr(args, k)) for k in ("root", "reports_csv", "projections_csv", "images_dir") if getattr(args, k)},
-            "projection": args.projection}
+            "projection": args.projection, **({"study_level": True} if args.study_level else {})}
     return items, rejections, text_filter, info
 
 

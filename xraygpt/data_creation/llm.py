@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from xraygpt.data_creation.records import DataCreationError, GenerationRejected, Job
+from xraygpt.structured.targets import LLM_INSTRUCTION as STRUCTURED_INSTRUCTION
+from xraygpt.structured.targets import STRUCTURED_PROMPT, llm_target
 
 log = logging.getLogger(__name__)
 
-PROMPT_VERSIONS = {"report": "llm-report-v1", "vqa": "llm-vqa-v1"}
+PROMPT_VERSIONS = {"report": "llm-report-v1", "vqa": "llm-vqa-v1", "structured": "llm-structured-v1"}
 
 SYSTEM_PROMPT = (
     "You are a board-certified radiologist preparing training data for a model that reads medical images. "
@@ -40,6 +42,7 @@ TASK_INSTRUCTIONS = {
         "short answer (yes/no questions start the answer with Yes or No). "
         'Answer as JSON: {"question": "<question>", "answer": "<answer>"}.'
     ),
+    "structured": STRUCTURED_INSTRUCTION,
 }
 SOURCE_FIELDS = {
     "openi": ("indication", "comparison", "findings", "impression", "MeSH"),
@@ -203,6 +206,8 @@ class LLMGenerator:
             raise ValueError("answer cut off at max_tokens")
         if content.startswith("```"):  # some local models wrap JSON in a code fence
             content = content.strip("`").removeprefix("json").strip()
+        if job.task == "structured":
+            return [_structured_entry(job, content)]
         model, prompt_key, caption_key = self.schemas[job.task]
         try:
             answer = model.model_validate_json(content)
@@ -255,6 +260,14 @@ class LLMGenerator:
                 log.debug("%s: %s, retry %d in %.2f s", job.key, last_error, attempt + 1, delay)
                 time.sleep(delay)
         raise GenerationRejected(f"gave up after {self.settings.max_attempts} attempts; last error: {last_error}")
+
+
+def _structured_entry(job: Job, content: str) -> Dict[str, str]:
+    """A structured answer checked against the report schema and the source text (ValueError if not)."""
+    if job.item.source != "openi":
+        raise GenerationRejected("structured targets follow the chest x-ray schema: OpenI items only")
+    source = " ".join(job.item.text.get(k, "") for k in ("findings", "impression"))
+    return {"prompt": STRUCTURED_PROMPT, "caption": llm_target(content, source)}
 
 
 def describe_settings(settings: LLMSettings) -> Dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from xraygpt.data_creation.records import GenerationRejected, Job, SourceItem
 from xraygpt.data_creation.text import clean_report_text, join_report
+from xraygpt.structured.targets import STRUCTURED_PROMPT, rule_target
 
 PROMPT_VERSION = "offline-v1"
 
@@ -163,4 +164,14 @@ def generate_offline(job: Job, max_questions: int = 3) -> List[Dict[str, str]]:
         if not entries:
             raise GenerationRejected("no rule-based question applies (no indexed finding or no single modality named)")
         return entries
+    if job.task == "structured":
+        if item.source != "openi":
+            raise GenerationRejected("structured targets follow the chest x-ray schema: OpenI items only")
+        findings = clean_report_text(item.text.get("findings", ""))
+        impression = clean_report_text(item.text.get("impression", ""))
+        if not findings and not impression:
+            raise GenerationRejected("no report text left after clean-up (empty or fully masked with XXXX)")
+        # The heading lets the extractor fill "impression" from the impression section.
+        text = f"{findings} Impression: {impression}" if impression else findings
+        return [{"prompt": STRUCTURED_PROMPT, "caption": rule_target(text)}]
     raise GenerationRejected(f"unknown task {job.task!r}")

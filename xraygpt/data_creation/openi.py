@@ -27,10 +27,12 @@ def read_openi(
     projections_csv: Optional[Path] = None,
     images_dir: Optional[Path] = None,
     projection: str = "frontal",
+    study_level: bool = False,
 ) -> Tuple[List[SourceItem], List[Rejection]]:
     """Studies with their usable images; studies or images that cannot be used come back as rejections.
 
-    ``projection`` is ``frontal`` (only Frontal images count) or ``any``.  A projection row whose
+    ``projection`` is ``frontal`` (only Frontal images count) or ``any``.  ``study_level`` takes the
+    study's first Frontal and first Lateral image, in that order (``meta["views"]`` names them).  A projection row whose
     file is missing is skipped with a counted ``read`` rejection; a study left without any image
     is rejected as a whole (an entry needs an image).
     """
@@ -71,6 +73,11 @@ def read_openi(
         seen.add(uid)
         study_views = views.get(uid, [])
         chosen = [p for p, proj in study_views if projection == "any" or proj.lower() == "frontal"]
+        names: List[str] = []
+        if study_level:
+            by_view = {proj.lower(): p for p, proj in reversed(study_views)}  # the first image of each view
+            names = [v for v in ("Frontal", "Lateral") if v.lower() in by_view] if "frontal" in by_view else []
+            chosen = [by_view[v.lower()] for v in names]
         if not chosen:
             what = "no Frontal image" if study_views else "no image"
             rejections.append(Rejection(source_id, "read", f"study has {what}"))
@@ -82,7 +89,8 @@ def read_openi(
                 group_id=f"openi:{uid}",
                 images=chosen,
                 text={name: row.get(name, "") for name in TEXT_FIELDS},
-                meta={"uid": uid, "projections": ",".join(proj for _, proj in study_views)},
+                meta={"uid": uid, "projections": ",".join(proj for _, proj in study_views),
+                      **({"views": ",".join(names)} if study_level else {})},
             )
         )
     if rejections:

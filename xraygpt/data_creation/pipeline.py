@@ -40,7 +40,8 @@ SPLIT_FILES = {"train": "filter_cap.json", "val": "filter_cap_val.json", "test":
 MANIFEST = "manifest.json"
 CACHE_FILE = Path("cache") / "generated.jsonl"
 REJECTED_FILE = Path("cache") / "rejected.jsonl"
-TASKS = ("report", "vqa")
+TASKS = ("report", "vqa", "structured")
+DEFAULT_TASKS = ("report", "vqa")  # structured (JSON targets) only when asked
 
 Generator = Callable[[Job], Tuple[List[Dict[str, str]], Dict[str, Any]]]
 
@@ -48,13 +49,15 @@ Generator = Callable[[Job], Tuple[List[Dict[str, str]], Dict[str, Any]]]
 @dataclass
 class RunOptions:
     out_dir: Path
-    tasks: Sequence[str] = TASKS
+    tasks: Sequence[str] = DEFAULT_TASKS
     sample_size: Optional[int] = None
     seed: int = 42
     split: Dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
     image_format: str = "copy"
     all_images: bool = False
     """Pair every selected image of an item with its text (default: the first one only)."""
+    study_level: bool = False
+    """One entry per item holding all its images (``"image": [...]``, ``"views"`` from ``meta["views"]``)."""
     concurrency: int = 1
     progress: bool = True
     overwrite: bool = False
@@ -107,7 +110,7 @@ def _export_images(
     exported: Dict[str, List[str]] = {}
     kept = []
     for item in _progress(items, options.progress, "images"):
-        sources = item.images if options.all_images else item.images[:1]
+        sources = item.images if options.all_images or options.study_level else item.images[:1]
         names = []
         for source in sources:
             stem = source.stem if item.source == "openi" else item.source_id
@@ -119,6 +122,8 @@ def _export_images(
                 names.append(f"image/{name}")
             except ImageExportError as exc:
                 rejections.append(Rejection(item.source_id, "image", str(exc)))
+        if options.study_level and len(names) != len(sources):  # a study entry needs every one of its views
+            continue
         if names:
             exported[item.source_id] = names
             kept.append(item)
@@ -184,7 +189,8 @@ def _run_jobs(jobs: List[Job], spec: GeneratorSpec, options: RunOptions, cache: 
         bar.close()
 
 
-def _assemble(jobs: List[Job], cache: JsonlCache, split_of_group: Dict[str, str], images: Dict[str, List[str]]):
+def _assemble(jobs: List[Job], cache: JsonlCache, split_of_group: Dict[str, str], images: Dict[str, List[str]],
+              study_level: bool = False):
     """Entries per split in source order, plus what the manifest records about each split."""
     splits: Dict[str, List[Dict[str, str]]] = {name: [] for name in SPLITS}
     provenance = {name: {"source_ids": [], "groups": set(), "entries_by_task": Counter()} for name in SPLITS}
@@ -199,9 +205,17 @@ def _assemble(jobs: List[Job], cache: JsonlCache, split_of_group: Dict[str, str]
             info["source_ids"].append(job.item.source_id)
         info["groups"].add(job.item.group_id)
         models[record.get("model", "unknown")] += 1
+        exported = images[job.item.source_id]
+        if study_level and len(exported) > 1:  # one study entry: every view, named
+            groups: List[Any] = [{"image": exported, "views": job.item.meta["views"].split(",")}]
+        else:
+            groups = [{"image": image} for image in exported]
         for entry in record["entries"]:
-            for image in images[job.item.source_id]:
-                splits[split].append({"image": image, "prompt": entry["prompt"], "caption": entry["caption"]})
+            for group in groups:
+                row = {**group, "prompt": entry["prompt"], "caption": entry["caption"]}
+                if job.task == "structured":  # so build_info.tasks: [structured] can select (or drop) them
+                    row["task"] = job.task
+                splits[split].append(row)
                 info["entries_by_task"][job.task] += 1
     return splits, provenance, models
 
@@ -247,7 +261,7 @@ def run(
         log.info("%d generation jobs, %d already done (cache), %d to run", len(jobs), len(jobs) - len(pending), len(pending))
         rejections += _run_jobs(pending, spec, options, cache, out / REJECTED_FILE)
 
-        splits, provenance, models = _assemble(jobs, cache, split_of_group, images)
+        splits, provenance, models = _assemble(jobs, cache, split_of_group, images, options.study_level)
 
     for name in SPLITS:
         atomic_write_json(out / SPLIT_FILES[name], splits[name])

@@ -3,7 +3,8 @@
 Two layouts are accepted (both called ``filter_cap.json`` by convention):
 
 * merged list: ``[{"image": "img/1.png", "prompt": "...", "caption": "...", "split": "train"?}, ...]``;
-  ``image`` is relative to the annotation file's folder, or absolute;
+  ``image`` is relative to the annotation file's folder, or absolute; a study of several views has a
+  list, ``"image": ["f.png", "l.png"]``, with an optional parallel ``"views": ["Frontal", "Lateral"]``;
 * the original XrayGPT/MiniGPT-4 schema: ``{"annotations": [{"image_id": "1", "caption": "..."}]}``
   with the image at ``<image_dir>/<image_id>.<ext>`` and the prompt taken from a prompt file.
 
@@ -42,6 +43,15 @@ class Record:
     """``file[entry]`` the record came from, for error messages."""
     task: Optional[str] = None
     """Optional ``task`` field of the entry (the phantoms write ``report`` or ``vqa``)."""
+    study_images: Tuple[Path, ...] = ()
+    """Every image of a study entry (``"image": [...]``), first = ``image_path``; empty for one-image entries."""
+    views: Tuple[str, ...] = ()
+    """View names of a study's images (``"views"``), parallel to ``study_images``; may be empty."""
+
+    @property
+    def images(self) -> Tuple[Path, ...]:
+        """All images of the sample, one or several."""
+        return self.study_images or (self.image_path,)
 
 
 @dataclass(frozen=True)
@@ -137,8 +147,8 @@ def _parse_entry(
 ) -> Tuple[Optional[Record], List[Issue]]:
     if not isinstance(entry, dict):
         return None, [Issue("error", where, f"entry must be an object, got {type(entry).__name__}")]
-    problems: List[Issue] = []
-    for field in ("caption", "prompt", "image", "image_id", "split", "task"):
+    problems: List[Issue] = _study_problems(entry, where)
+    for field in ("caption", "prompt", "image_id", "split", "task") + (() if isinstance(entry.get("image"), list) else ("image",)):
         if field in entry and not isinstance(entry[field], str):
             shown = "null" if entry[field] is None else f"{type(entry[field]).__name__} {json.dumps(entry[field])[:40]}"
             problems.append(Issue("error", where, f"field '{field}' must be a string, got {shown}"))
@@ -151,10 +161,13 @@ def _parse_entry(
     if problems:
         return None, problems
 
+    study: Tuple[Path, ...] = ()
     if "image" in entry:
-        image_path = Path(entry["image"])
-        image_path = image_path if image_path.is_absolute() else root / image_path
-        image_id = entry.get("image_id") or Path(entry["image"]).stem
+        names = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
+        paths = tuple(Path(n) if Path(n).is_absolute() else root / n for n in names)
+        image_path = paths[0]
+        study = paths if isinstance(entry["image"], list) else ()
+        image_id = entry.get("image_id") or Path(names[0]).stem
     else:
         image_id = entry["image_id"]
         image_path = resolver.find(image_id)
@@ -167,7 +180,27 @@ def _parse_entry(
         prompt = pick_prompt(prompts, image_id, prompt_seed)
     else:
         return None, [Issue("error", where, "missing field 'prompt' and no prompt file configured")]
-    return Record(image_path, prompt, entry["caption"], str(image_id), entry.get("split"), where, entry.get("task")), []
+    return Record(image_path, prompt, entry["caption"], str(image_id), entry.get("split"), where, entry.get("task"),
+                  study, tuple(entry.get("views") or ())), []
+
+
+def _study_problems(entry: Dict[str, Any], where: str) -> List[Issue]:
+    """A list ``image`` must hold non-empty strings; ``views`` must be strings, one per image."""
+    images, views = entry.get("image"), entry.get("views")
+    problems = []
+    if isinstance(images, list):
+        if not images:
+            problems.append(Issue("error", where, "field 'image' is an empty list (give at least one path)"))
+        elif not all(isinstance(i, str) and i.strip() for i in images):
+            problems.append(Issue("error", where, f"field 'image' must list non-empty path strings, got {json.dumps(images)[:60]}"))
+    if views is not None:
+        if not isinstance(views, list) or not all(isinstance(v, str) and v.strip() for v in views):
+            problems.append(Issue("error", where, f"field 'views' must be a list of view names, got {json.dumps(views)[:60]}"))
+        elif images != []:
+            count = len(images) if isinstance(images, list) else 1
+            if len(views) != count:
+                problems.append(Issue("error", where, f"field 'views' names {len(views)} views for {count} images"))
+    return problems
 
 
 class _Containment:
@@ -228,7 +261,7 @@ def find_duplicates(records: Iterable[Record]) -> List[Tuple[int, int]]:
     seen: Dict[Tuple[str, str, str], int] = {}
     pairs = []
     for index, record in enumerate(records):
-        key = (str(record.image_path), record.prompt.strip(), record.caption.strip())
+        key = ("|".join(map(str, record.images)), record.prompt.strip(), record.caption.strip())
         if key in seen:
             pairs.append((seen[key], index))
         else:

@@ -8,6 +8,7 @@ and reports in the batch's ``num_skipped``.  Nothing is skipped silently.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -56,26 +57,30 @@ class ImageTextDataset(Dataset):
 
     def __getitem__(self, index: int) -> Optional[Dict[str, Any]]:
         record = self.records[index]
-        try:
-            image = load_medical_image(record.image_path)
-        except ImageLoadError as exc:
-            return self._bad_sample(index, record, exc.reason)
-        if self.vis_processor is not None:
-            image = self.vis_processor(image)
+        images = []
+        for path in record.images:
+            try:
+                image = load_medical_image(path)
+            except ImageLoadError as exc:
+                return self._bad_sample(index, record, exc.reason, path)
+            images.append(self.vis_processor(image) if self.vis_processor is not None else image)
         caption = self.text_processor(record.caption) if self.text_processor else record.caption
         # Entries marked ``"task": "vqa"`` are question/answer pairs: evaluation scores them as VQA, not reports.
         question = record.prompt if record.task == "vqa" else None
-        return {"image": image, "prompt": record.prompt, "caption": caption, "image_id": record.image_id,
-                "question": question}
+        sample = {"image": images[0], "prompt": record.prompt, "caption": caption, "image_id": record.image_id,
+                  "question": question}
+        if record.study_images:  # a study: [k, 3, H, W] and its view names (collate concatenates studies)
+            sample.update(image=torch.stack(images), views=list(record.views) or None)
+        return sample
 
-    def _bad_sample(self, index: int, record: Record, reason: str) -> None:
-        where = f"{self.name}[{index}] ({record.source or 'no source'}) image {record.image_path}"
+    def _bad_sample(self, index: int, record: Record, reason: str, path: Optional[Path] = None) -> None:
+        where = f"{self.name}[{index}] ({record.source or 'no source'}) image {path or record.image_path}"
         if self.on_bad_sample == "error":
             raise BadSampleError(
                 f"bad sample {where}: {reason}. Fix or remove the entry (check the whole dataset with "
                 f"`python -m xraygpt.datasets.validate <folder>`), or set run.on_bad_sample=skip to skip such files"
             )
-        self.skipped.append(str(record.image_path))
+        self.skipped.append(str(path or record.image_path))
         logger.warning("skipping bad sample %s: %s (%d skipped so far in this process)", where, reason, len(self.skipped))
         return None
 
@@ -94,9 +99,25 @@ def collate(samples: Sequence[Optional[Dict[str, Any]]]) -> Optional[Dict[str, A
     if not kept:
         logger.warning("a whole batch of %d samples was skipped as bad", skipped)
         return None
+    if any("views" in s for s in kept):
+        return _collate_studies(kept, skipped)
     batch: Dict[str, Any] = {}
     for key in kept[0]:
         values = [s[key] for s in kept]
         batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    batch["num_skipped"] = skipped
+    return batch
+
+
+def _collate_studies(kept: Sequence[Dict[str, Any]], skipped: int) -> Dict[str, Any]:
+    """A batch holding studies: every sample's images one after the other (``image [N, 3, H, W]``),
+    ``image_counts [B]`` and ``views`` per sample, which the model turns into per-image segments."""
+    stacks = [s["image"] if "views" in s else s["image"].unsqueeze(0) for s in kept]
+    batch: Dict[str, Any] = {"image": torch.cat(stacks), "image_counts": torch.tensor([len(x) for x in stacks])}
+    batch["views"] = [s.get("views") for s in kept]
+    for key in kept[0]:
+        if key not in batch:
+            values = [s.get(key) for s in kept]
+            batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
     batch["num_skipped"] = skipped
     return batch

@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -460,9 +460,18 @@ def generate_dataset(
     prevalence: Optional[Dict[str, float]] = None,
     overwrite: bool = False,
     image_format: str = "jpg",
+    views: Sequence[str] = ("frontal",),
 ) -> Dict[str, int]:
-    """Write the phantom dataset to ``out`` (built in ``<out>.partial`` and renamed when complete)."""
+    """Write the phantom dataset to ``out`` (built in ``<out>.partial`` and renamed when complete).
+
+    ``views=("frontal", "lateral")`` also draws each image's lateral projection and writes study
+    entries (``"image": [frontal, lateral]``, ``"views": ["Frontal", "Lateral"]``); the frontal
+    images stay byte-identical to a frontal-only run.
+    """
     out = Path(out)
+    views = tuple(views)
+    if views not in (("frontal",), ("frontal", "lateral")):
+        raise ValueError(f"views must be frontal or frontal,lateral, got {','.join(views)}")
     if image_format not in _SAVE_OPTIONS:
         raise ValueError(f"image_format must be one of {sorted(_SAVE_OPTIONS)}, got {image_format!r}")
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -480,11 +489,20 @@ def generate_dataset(
         rel = f"images/{image_id}.{image_format}"
         Image.fromarray(pixels, mode="L").save(partial / rel, **_SAVE_OPTIONS[image_format])
         split = _split_of(index, seed, val_fraction, test_fraction)
-        entries[split].append({"image": rel, "image_id": image_id, "task": "report", "prompt": prompt, "caption": report})
+        study: Dict[str, Any] = {"image": rel}
+        if "lateral" in views:
+            from xraygpt.datasets.phantom_lateral import draw_lateral
+
+            lateral = f"images/{image_id}_lat.{image_format}"
+            lateral_pixels = draw_lateral(findings, np.random.default_rng([seed, index, 1]), size)
+            Image.fromarray(lateral_pixels, mode="L").save(partial / lateral, **_SAVE_OPTIONS[image_format])
+            study = {"image": [rel, lateral], "views": ["Frontal", "Lateral"]}
+        entries[split].append({**study, "image_id": image_id, "task": "report", "prompt": prompt, "caption": report})
         for question, answer in pairs:
-            entries[split].append({"image": rel, "image_id": image_id, "task": "vqa", "prompt": question, "caption": answer})
+            entries[split].append({**study, "image_id": image_id, "task": "vqa", "prompt": question, "caption": answer})
         labels.append(
-            {"image": rel, "image_id": image_id, "split": split, "report": report, "labels": findings.labels(), "findings": asdict(findings)}
+            {"image": rel, "image_id": image_id, "split": split, "report": report, "labels": findings.labels(), "findings": asdict(findings),
+             **({"images": study["image"]} if "views" in study else {})}
         )
     for split, name in (("train", "filter_cap.json"), ("val", "filter_cap_val.json"), ("test", "filter_cap_test.json")):
         _write_json(partial / name, entries[split])
@@ -492,7 +510,8 @@ def generate_dataset(
     _write_json(
         partial / "generator.json",
         {"generator": "xraygpt.datasets.phantoms", "n": n, "seed": seed, "size": size, "vqa_per_image": vqa_per_image, "image_format": image_format,
-         "prevalence": {**DEFAULT_PREVALENCE, **(prevalence or {})}, "val_fraction": val_fraction, "test_fraction": test_fraction},
+         "prevalence": {**DEFAULT_PREVALENCE, **(prevalence or {})}, "val_fraction": val_fraction, "test_fraction": test_fraction,
+         **({"views": list(views)} if views != ("frontal",) else {})},
     )
     if out.exists():
         shutil.rmtree(out)
@@ -531,12 +550,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--prevalence", nargs="*", default=[], metavar="NAME=P", help=f"finding probabilities, names: {', '.join(DEFAULT_PREVALENCE)}")
     parser.add_argument("--format", default="jpg", choices=sorted(_SAVE_OPTIONS), help="image file format (jpg is faster, png lossless)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out folder")
+    parser.add_argument("--views", default="frontal", help="frontal (default) or frontal,lateral: also draw a lateral "
+                        "projection and write two-view study entries")
     args = parser.parse_args(argv)
     start, cpu_start = time.perf_counter(), time.process_time()
     try:
         counts = generate_dataset(
             args.out, args.n, args.seed, args.size, args.val_fraction, args.test_fraction,
             args.vqa_per_image, _parse_prevalence(args.prevalence), args.overwrite, args.format,
+            tuple(v.strip() for v in args.views.split(",") if v.strip()),
         )
     except (FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

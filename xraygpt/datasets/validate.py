@@ -77,7 +77,7 @@ def validate_targets(targets: Sequence[Target], decode_images: bool = True) -> R
                                        "train or evaluate on; regenerate it or point the config at the right file"))
         report.issues.extend(issues)
         bad_images = _check_images(records, decode_images, report)
-        report.usable += sum(1 for r in records if str(r.image_path) not in bad_images)
+        report.usable += sum(1 for r in records if not any(str(p) in bad_images for p in r.images))
         for first, repeat in find_duplicates(records):
             report.issues.append(
                 Issue("warning", f"{target.ann_path}[{repeat}]", f"duplicate of entry {first} (same image, prompt and caption)")
@@ -90,20 +90,21 @@ def _check_images(records, decode_images: bool, report: Report) -> Dict[str, str
     bad: Dict[str, str] = {}
     checked = set()
     for record in records:
-        path = str(record.image_path)
-        if path not in checked:
-            checked.add(path)
-            report.images_checked += 1
-            if not decode_images:
-                if not Path(path).is_file():
-                    bad[path] = "file not found"
-            else:
-                try:
-                    load_medical_image(path)
-                except ImageLoadError as exc:
-                    bad[path] = exc.reason
-        if path in bad:
-            report.issues.append(Issue("error", record.source, f"image {path}: {bad[path]}"))
+        for image in record.images:  # every view of a study
+            path = str(image)
+            if path not in checked:
+                checked.add(path)
+                report.images_checked += 1
+                if not decode_images:
+                    if not Path(path).is_file():
+                        bad[path] = "file not found"
+                else:
+                    try:
+                        load_medical_image(path)
+                    except ImageLoadError as exc:
+                        bad[path] = exc.reason
+            if path in bad:
+                report.issues.append(Issue("error", record.source, f"image {path}: {bad[path]}"))
     return bad
 
 

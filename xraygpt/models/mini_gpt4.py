@@ -16,6 +16,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from xraygpt.common.errors import DataError
 from xraygpt.common.registry import registry
 from xraygpt.models import key_maps
 from xraygpt.models.caption_loss import caption_lm_loss
@@ -36,6 +37,7 @@ from xraygpt.models.prompting import (
     build_train_batch,
     read_prompt_file,
     wrap_prompt,
+    wrap_study_prompt,
 )
 from xraygpt.models.qformer import build_qformer, init_query_tokens
 from xraygpt.models.regional_compile import compile_decoder_layers
@@ -171,6 +173,29 @@ class MiniGPT4(nn.Module):
             raise KeyError("samples need 'image' [B,3,H,W] or 'image_features' [B,Q,D] (cached Q-Former outputs)")
         return self.encode_img(samples["image"])[0]
 
+    def _image_counts(self, counts: Optional[Any], num_images: int, batch_size: int) -> Optional[List[int]]:
+        """Images per sample (None: one each); studies above ``model.max_images`` are refused."""
+        if counts is None and batch_size == 1 and num_images > 1:
+            counts = [num_images]  # one prompt with all of them (e.g. a chat about a study)
+        if counts is None:
+            if num_images != batch_size:
+                raise ValueError(f"{batch_size} prompts for {num_images} images (studies of several images need image_counts)")
+            return None
+        counts = [int(c) for c in counts]
+        if len(counts) != batch_size or sum(counts) != num_images or min(counts) < 1:
+            raise ValueError(f"image_counts {counts} do not fit {num_images} images for {batch_size} samples")
+        if max(counts) > self.config.max_images:
+            raise DataError(
+                f"a sample has {max(counts)} images but model.max_images is {self.config.max_images}; "
+                "raise model.max_images (each image adds num_query_token tokens) or give fewer views"
+            )
+        return counts
+
+    def _wrap(self, prompt: str, count: Optional[int], views: Optional[Sequence[Optional[str]]]) -> str:
+        if count is None:
+            return wrap_prompt(prompt, self.config.prompt_template)
+        return wrap_study_prompt(prompt, self.config.prompt_template, count, views, self.config.view_template)
+
     def _embed(self, batch: TokenBatch, image_embeds: torch.Tensor) -> torch.Tensor:
         """Token embeddings with the image slots replaced by ``image_embeds`` (row-major order)."""
         embed_tokens = self.llama_model.get_input_embeddings()
@@ -179,9 +204,12 @@ class MiniGPT4(nn.Module):
         return embeds.masked_scatter(mask, image_embeds.to(embeds.dtype))
 
     # --------------------------------------------------------------- training
-    def _training_prompts(self, samples: Mapping[str, Any], batch_size: int) -> List[str]:
+    def _training_prompts(self, samples: Mapping[str, Any], batch_size: int,
+                          counts: Optional[List[int]] = None) -> List[str]:
         prompts = samples.get("prompt")
         if prompts is None:
+            if counts is not None:
+                raise KeyError("studies of several images need a 'prompt' per sample (prompt-file lines hold one image)")
             if not self.prompt_list:
                 raise KeyError("samples have no 'prompt' and model.prompt_path is not set: give one of them")
             return [random.choice(self.prompt_list) for _ in range(batch_size)]
@@ -189,7 +217,8 @@ class MiniGPT4(nn.Module):
             prompts = [prompts] * batch_size
         if len(prompts) != batch_size:
             raise ValueError(f"{len(prompts)} prompts for {batch_size} images")
-        return [wrap_prompt(p, self.config.prompt_template) for p in prompts]
+        views = samples.get("views") or [None] * batch_size
+        return [self._wrap(p, None if counts is None else counts[i], views[i]) for i, p in enumerate(prompts)]
 
     def forward(self, samples: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
         """``{"loss": mean NLL over all caption tokens of the batch, "num_target_tokens": n}``.
@@ -198,13 +227,15 @@ class MiniGPT4(nn.Module):
         """
         image_embeds = self._image_embeddings(samples)
         captions = samples["caption"]
+        counts = self._image_counts(samples.get("image_counts"), image_embeds.shape[0], len(captions))
         batch = build_train_batch(
             self.tokenizer,
-            self._training_prompts(samples, image_embeds.shape[0]),
+            self._training_prompts(samples, len(captions), counts),
             captions,
             self.config.num_query_token,
             self.config.end_sym,
             self.config.max_txt_len,
+            counts,
         )
         inputs_embeds = self._embed(batch, image_embeds)
         if self.config.compile_llm and inputs_embeds.is_cuda and not self._llm_compiled:
@@ -221,20 +252,27 @@ class MiniGPT4(nn.Module):
         prompts: Sequence[str],
         image_features: Optional[torch.Tensor] = None,
         apply_template: bool = True,
+        image_counts: Optional[Sequence[int]] = None,
+        views: Optional[Sequence[Optional[Sequence[str]]]] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ``(inputs_embeds [B,T,D], attention_mask [B,T])`` of the generation context.
 
         ``prompts`` are user prompts put into the template, or (``apply_template=False``)
-        full context strings with one ``<ImageHere>`` each, e.g. a conversation history.
+        full context strings with one ``<ImageHere>`` per image, e.g. a conversation history.
+        For studies, ``images`` holds every sample's images one after the other, ``image_counts``
+        how many each sample has and ``views`` their view names (optional).
         """
         if isinstance(prompts, str):
             prompts = [prompts]
         samples = {"image": images, "image_features": image_features}
         image_embeds = self._image_embeddings(samples)
-        if image_embeds.shape[0] != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts for {image_embeds.shape[0]} images")
-        texts = [wrap_prompt(p, self.config.prompt_template) for p in prompts] if apply_template else list(prompts)
-        batch = build_generation_batch(self.tokenizer, texts, self.config.num_query_token)
+        counts = self._image_counts(image_counts, image_embeds.shape[0], len(prompts))
+        views = list(views) if views is not None else [None] * len(prompts)
+        if apply_template:
+            texts = [self._wrap(p, None if counts is None else counts[i], views[i]) for i, p in enumerate(prompts)]
+        else:
+            texts = list(prompts)
+        batch = build_generation_batch(self.tokenizer, texts, self.config.num_query_token, counts)
         return self._embed(batch, image_embeds), batch.attention_mask.to(self.device)
 
     def _generation_kwargs(self, overrides: Mapping[str, Any]) -> Dict[str, Any]:
@@ -303,6 +341,8 @@ class MiniGPT4(nn.Module):
         image_features: Optional[torch.Tensor] = None,
         apply_template: bool = True,
         return_ids: bool = False,
+        image_counts: Optional[Sequence[int]] = None,
+        views: Optional[Sequence[Optional[Sequence[str]]]] = None,
         **generation_kwargs: Any,
     ) -> Union[List[str], Tuple[List[str], List[torch.Tensor]]]:
         """Answers for a batch of images and per-sample prompts.
@@ -311,8 +351,11 @@ class MiniGPT4(nn.Module):
         ``num_beams``, ``do_sample``, ``top_p``, ``temperature``, ``repetition_penalty``, ...);
         decoding stops per sample at ``end_sym`` (``stop_strings=[]`` disables that).
         With ``return_ids`` the new token ids of each sample (up to its stop) come too.
+        Studies: see :meth:`prepare_generation_inputs` for ``image_counts`` and ``views``.
         """
-        inputs_embeds, attention_mask = self.prepare_generation_inputs(images, prompts, image_features, apply_template)
+        inputs_embeds, attention_mask = self.prepare_generation_inputs(
+            images, prompts, image_features, apply_template, image_counts, views
+        )
         outputs = self._decode(inputs_embeds, attention_mask, **self._generation_kwargs(generation_kwargs))
         ids = [
             strip_leading_special(trim_generated(row, self.tokenizer.eos_token_id), self.tokenizer.unk_token_id, self.tokenizer.bos_token_id)

@@ -79,6 +79,10 @@ class MiniGPT4Config:
     prompt_path: Optional[str] = None
     """File of prompts (one per line, each with ``<ImageHere>``) used when a sample has no prompt."""
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    max_images: int = 1
+    """Most images one sample (a study: frontal + lateral, ...) may bring; each gets num_query_token slots."""
+    view_template: str = "{view}: "
+    """Text before each image segment of a several-image study when its view is known; '' = no view names."""
     max_txt_len: int = 160
     end_sym: str = "###"
 
@@ -109,6 +113,10 @@ class MiniGPT4Config:
             raise ValueError(f"model.prompt_template must contain exactly one '{{}}', got {self.prompt_template!r}")
         if self.max_txt_len < 1 or self.num_query_token < 1:
             raise ValueError("model.max_txt_len and model.num_query_token must be positive")
+        if self.max_images < 1:
+            raise ValueError(f"model.max_images must be at least 1, got {self.max_images}")
+        if self.view_template and "{view}" not in self.view_template:
+            raise ValueError(f"model.view_template must contain '{{view}}' (or be ''), got {self.view_template!r}")
 
 
     def missing_files(self) -> List[str]:

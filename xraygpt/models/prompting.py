@@ -8,7 +8,10 @@ One sample (as the original ``MiniGPT4.forward`` builds it, token by token)::
     caption = caption + end_sym, truncated to max_txt_len tokens; the only positions with a loss
 
 Each piece is tokenized on its own, so each gets its own leading '▁', exactly
-as the original does.  Image slots hold a placeholder id and are replaced by
+as the original does.  A study of several images has one ``<Img><ImageHere></Img>`` segment per
+image (optionally preceded by its view name, see :func:`wrap_study_prompt`); the text between two
+segments is one more piece, and each segment holds Q image slots.  One image without a view name
+gives exactly the one-image tokens.  Image slots hold a placeholder id and are replaced by
 the projected image embeddings (``image_mask``).  Training pads on the right,
 generation on the left; padded positions have attention 0 and label -100.
 """
@@ -34,11 +37,48 @@ def wrap_prompt(prompt: str, template: str) -> str:
     return template.format(body)
 
 
-def split_at_image(prompt: str) -> List[str]:
+def wrap_study_prompt(
+    prompt: str, template: str, num_images: int, views: Optional[Sequence[Optional[str]]] = None,
+    view_template: str = "{view}: ",
+) -> str:
+    """:func:`wrap_prompt` for a study: one image segment per image, each after its view name.
+
+    ``(" Describe.", 2, ["Frontal", "Lateral"])`` ->
+    ``'###Patient: Frontal: <Img><ImageHere></Img> Lateral: <Img><ImageHere></Img> Describe. ###Doctor: '``.
+    A single image with no view is exactly :func:`wrap_prompt`.  A prompt with one
+    ``<Img><ImageHere></Img>`` (e.g. the CLI's default) gets the study's segments in its place; a prompt
+    with several placeholders must hold one per image.  ``view_template: ""`` leaves the view names out.
+    """
+    segments = image_segments(num_images, views, view_template)
+    found = prompt.count(IMAGE_PLACEHOLDER)
+    if found == 0:
+        return template.format(segments + prompt)
+    if found == 1 and num_images > 1 and IMAGE_WRAP in prompt:
+        return template.format(prompt.replace(IMAGE_WRAP, segments))
+    if found != num_images:
+        raise ValueError(f"the prompt holds {found} {IMAGE_PLACEHOLDER} for {num_images} images: {prompt!r}")
+    return template.format(prompt)
+
+
+def image_segments(num_images: int, views: Optional[Sequence[Optional[str]]] = None, view_template: str = "{view}: ") -> str:
+    """``'Frontal: <Img><ImageHere></Img> Lateral: <Img><ImageHere></Img>'``: the images of a study, in order."""
+    views = list(views) if views else [None] * num_images
+    if len(views) != num_images:
+        raise ValueError(f"{len(views)} view names for {num_images} images")
+    return " ".join((view_template.format(view=view) if view and view_template else "") + IMAGE_WRAP for view in views)
+
+
+def split_at_images(prompt: str, num_images: Optional[int] = None) -> List[str]:
+    """The text around the ``<ImageHere>`` placeholders (one more piece than images)."""
     parts = prompt.split(IMAGE_PLACEHOLDER)
-    if len(parts) != 2:
-        raise ValueError(f"a prompt needs exactly one {IMAGE_PLACEHOLDER}, found {len(parts) - 1} in {prompt!r}")
+    expected = 1 if num_images is None else num_images
+    if len(parts) - 1 != expected:
+        raise ValueError(f"a prompt needs exactly {expected} {IMAGE_PLACEHOLDER}, found {len(parts) - 1} in {prompt!r}")
     return parts
+
+
+def split_at_image(prompt: str) -> List[str]:
+    return split_at_images(prompt, 1)
 
 
 def read_prompt_file(path: str, template: str) -> List[str]:
@@ -98,16 +138,26 @@ def _pad(
     return TokenBatch(input_ids, image_mask, attention, labels)
 
 
-def _context_rows(tokenizer, prompts: Sequence[str], num_image_tokens: int):
-    """``[BOS] before [slots] after`` for each prompt (BOS added here, once, as the original does)."""
-    halves = [split_at_image(p) for p in prompts]
-    befores = _ids(tokenizer, [h[0] for h in halves])
-    afters = _ids(tokenizer, [h[1] for h in halves])
+def _context_rows(tokenizer, prompts: Sequence[str], num_image_tokens: int,
+                  image_counts: Optional[Sequence[int]] = None):
+    """``[BOS] before [slots] after`` for each prompt (BOS added here, once, as the original does);
+    a study's prompt is ``[BOS] piece0 [slots] piece1 [slots] ... pieceK``."""
+    counts = list(image_counts) if image_counts is not None else [1] * len(prompts)
+    if len(counts) != len(prompts):
+        raise ValueError(f"{len(counts)} image counts for {len(prompts)} prompts")
+    pieces = [split_at_images(p, n) for p, n in zip(prompts, counts)]
+    flat = _ids(tokenizer, [piece for parts in pieces for piece in parts])  # one tokenizer call for the batch
     pad_id = tokenizer.pad_token_id
-    rows, slots = [], []
-    for before, after in zip(befores, afters):
-        rows.append([tokenizer.bos_token_id, *before, *([pad_id] * num_image_tokens), *after])
-        slots.append([False] * (1 + len(before)) + [True] * num_image_tokens + [False] * len(after))
+    rows, slots, start = [], [], 0
+    for parts in pieces:
+        ids = flat[start : start + len(parts)]
+        start += len(parts)
+        row, slot = [tokenizer.bos_token_id, *ids[0]], [False] * (1 + len(ids[0]))
+        for piece in ids[1:]:
+            row += [pad_id] * num_image_tokens + piece
+            slot += [True] * num_image_tokens + [False] * len(piece)
+        rows.append(row)
+        slots.append(slot)
     return rows, slots
 
 
@@ -118,11 +168,12 @@ def build_train_batch(
     num_image_tokens: int,
     end_sym: str,
     max_txt_len: int,
+    image_counts: Optional[Sequence[int]] = None,
 ) -> TokenBatch:
-    """Right-padded training batch; ``prompts`` are full template strings with one ``<ImageHere>``."""
+    """Right-padded training batch; ``prompts`` are full template strings with one ``<ImageHere>`` per image."""
     if len(prompts) != len(captions):
         raise ValueError(f"{len(prompts)} prompts but {len(captions)} captions")
-    rows, slots = _context_rows(tokenizer, prompts, num_image_tokens)
+    rows, slots = _context_rows(tokenizer, prompts, num_image_tokens, image_counts)
     caption_ids = [ids[:max_txt_len] for ids in _ids(tokenizer, [c + end_sym for c in captions])]
     pad_id = tokenizer.pad_token_id
     targets = []
@@ -134,7 +185,8 @@ def build_train_batch(
     return _pad(rows, slots, targets, pad_id, left=False)
 
 
-def build_generation_batch(tokenizer, prompts: Sequence[str], num_image_tokens: int) -> TokenBatch:
+def build_generation_batch(tokenizer, prompts: Sequence[str], num_image_tokens: int,
+                           image_counts: Optional[Sequence[int]] = None) -> TokenBatch:
     """Left-padded generation context, so every sample's next token is predicted at the last column."""
-    rows, slots = _context_rows(tokenizer, prompts, num_image_tokens)
+    rows, slots = _context_rows(tokenizer, prompts, num_image_tokens, image_counts)
     return _pad(rows, slots, None, tokenizer.pad_token_id, left=True)

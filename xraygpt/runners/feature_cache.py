@@ -10,7 +10,9 @@ training device) and store it under
 The *content hash* is the SHA-256 of the processed image tensor (so a new
 file, a changed processor or image size give new entries); the *encoder
 fingerprint* hashes the frozen weights and architecture that produce the
-features (so a different checkpoint never reads stale features).
+features (so a different checkpoint never reads stale features).  Entries are per
+image, so a study's views are cached one by one and an image shared by several
+entries (a lateral in two studies) is encoded once.
 """
 from __future__ import annotations
 
@@ -126,7 +128,11 @@ class CachedFeatures(Dataset):
             sample = {k: v for k, v in drawn.items() if k != "image"}
         path = self.files[index]
         try:
-            sample["image_features"] = load_file(str(path))["features"]
+            if isinstance(path, list):  # a study: one cached entry per view, [k, Q, D]
+                sample["image_features"] = torch.stack([load_file(str(p))["features"] for p in path])
+                sample["num_images"] = len(path)
+            else:
+                sample["image_features"] = load_file(str(path))["features"]
         except (SafetensorError, OSError, KeyError) as exc:
             raise FeatureCacheError(f"feature cache entry {path} cannot be read ({exc}); delete it and rerun "
                                     "to recompute it") from None
@@ -137,6 +143,14 @@ class CachedFeatures(Dataset):
         kept = [s for s in samples if s is not None]
         if not kept:
             return None
+        if any("num_images" in s for s in kept):  # as caption_dataset.collate does for studies
+            features = [s["image_features"] if "num_images" in s else s["image_features"][None] for s in kept]
+            batch = {key: [s.get(key) for s in kept] for key in kept[0] if key not in ("image_features", "num_images")}
+            batch["views"] = [s.get("views") for s in kept]
+            batch["image_features"] = torch.cat(features)
+            batch["image_counts"] = torch.tensor([len(f) for f in features])
+            batch[SKIPPED_KEY] = len(samples) - len(kept)
+            return batch
         batch: Dict[str, Any] = {key: [s[key] for s in kept] for key in kept[0]}
         batch[SKIPPED_KEY] = len(samples) - len(kept)
         batch["image_features"] = torch.stack(batch["image_features"])
@@ -173,11 +187,18 @@ class FeatureCache:
             found.update({index: None for index, sample in zip(indices, samples) if sample is None})
             if not rows:
                 continue
-            images = torch.stack([sample["image"] for _, sample in rows])
+            # One entry per image: a study's sample holds [k, 3, H, W] (and its views).
+            stacks = [sample["image"] if "views" in sample else sample["image"].unsqueeze(0) for _, sample in rows]
+            images = torch.cat(stacks)
             digests = [image_hash(img) for img in images]
-            for (index, sample), digest in zip(rows, digests):
-                found[index] = (digest, {k: v for k, v in sample.items() if k != "image" and not torch.is_tensor(v)})
-            todo = [row for row, digest in enumerate(digests) if not self._usable(self._path(digest))]
+            start = 0
+            for (index, sample), stack in zip(rows, stacks):
+                own = digests[start : start + len(stack)]
+                start += len(stack)
+                found[index] = (own if "views" in sample else own[0],
+                                {k: v for k, v in sample.items() if k != "image" and not torch.is_tensor(v)})
+            first_row = {digest: row for row, digest in reversed(list(enumerate(digests)))}  # shared views once
+            todo = sorted(row for digest, row in first_row.items() if not self._usable(self._path(digest)))
             reused += len(digests) - len(todo)
             if todo:
                 with self.autocast():
@@ -194,7 +215,8 @@ class FeatureCache:
         if skipped:
             logger.warning("feature cache (%s split): %d bad sample(s) left out (run.on_bad_sample: skip; the files "
                            "are named in the warnings above)", name, skipped)
-        files = [self._path(found[i][0]) for i in kept]
+        files = [[self._path(d) for d in found[i][0]] if isinstance(found[i][0], list) else self._path(found[i][0])
+                 for i in kept]
         texts = None if text_varies else [found[i][1] for i in kept]
         return CachedFeatures(dataset, files, texts, kept, skipped)
 

@@ -34,7 +34,7 @@ from xraygpt.serve.protocol import (
     ModelCard, ModelList, Usage,
 )
 from xraygpt.serve.settings import ServeSettings
-from xraygpt.serve.structured import check_response_format
+from xraygpt.serve.structured import check_response_format, structured_answer, wants_structured
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class ChatService:
         for name in ("frequency_penalty", "presence_penalty"):
             if extras.get(name) not in (None, 0, 0.0):
                 raise bad_request(f"{name} is not supported by this server (leave it at 0)", param=name)
-        check_response_format(body.response_format)
+        check_response_format(body.response_format, stream=bool(body.stream))
 
     def max_new_tokens(self, body: ChatCompletionRequest) -> int:
         wanted = body.max_completion_tokens or body.max_tokens or self.settings.default_max_tokens
@@ -97,7 +97,7 @@ class ChatService:
                   for url in plan.image_urls]
         pixels = [self.vis_processor(image.convert("RGB")) for image in images]
         max_new = self.max_new_tokens(body)
-        context = build_generation_batch(self.model.tokenizer, [plan.prompt], self.num_query_tokens * len(images))
+        context = build_generation_batch(self.model.tokenizer, [plan.prompt], self.num_query_tokens, [len(images)])
         needed = int(context.attention_mask.shape[1]) + max_new
         if needed > self.window:
             raise bad_request(f"the conversation needs {needed - max_new} tokens plus max_tokens={max_new}, above the "
@@ -204,9 +204,14 @@ def create_app(model: Any, vis_processor: Callable, settings: ServeSettings,
             )
         done = await _wait_for_answer(request, generation, events)
         record(done)
+        content = done["text"]
+        if wants_structured(body.response_format):  # the structured report of the answer (schema v1)
+            content = structured_answer(content, service.model, settings.model_name, {
+                "max_new_tokens": generation.max_new_tokens, "temperature": generation.temperature,
+                "top_p": generation.top_p, "seed": generation.seed})
         return ChatCompletion(
             id=completion_id, created=int(time.time()), model=settings.model_name,
-            choices=[Choice(message=AnswerMessage(content=done["text"]), finish_reason=done["finish_reason"])],
+            choices=[Choice(message=AnswerMessage(content=content), finish_reason=done["finish_reason"])],
             usage=service.usage(done, images),
         ).model_dump()
 

@@ -201,7 +201,8 @@ class ContinuousBatcher:
         pixels = torch.stack([p for r in requests for p in r.pixels]).to(model.device)
         features = model.encode_qformer(pixels)
         embeds, mask = model.prepare_generation_inputs(
-            None, [r.prompt for r in requests], image_features=features, apply_template=False
+            None, [r.prompt for r in requests], image_features=features, apply_template=False,
+            image_counts=[len(r.pixels) for r in requests],
         )
         logits = self.batch.prefill(embeds, mask)
         lengths = mask.sum(-1).tolist()
