@@ -6,7 +6,7 @@ import torch
 
 from tests.conftest import REPO_ROOT
 
-enc = pytest.importorskip("xraygpt.tasks.encoder_pretraining")
+from xraygpt.tasks import encoder_pretraining as enc
 
 CONFIG = str(REPO_ROOT / "train_configs" / "phantom_tiny.yaml")
 SMALL_IMAGE_PATH = [

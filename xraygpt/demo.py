@@ -27,7 +27,7 @@ DISCLAIMER = (
     "or invented, and must not be used for diagnosis or treatment. Always consult a qualified clinician. "
     "Do not upload images that identify a patient."
 )
-UPLOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+UPLOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")  # the upload widget's promise: a subset of IMAGE_SUFFIXES
 EXAMPLE_PROMPTS = [
     "Describe the given chest x-ray image in detail.",
     "What are the key findings in this chest x-ray?",
@@ -285,13 +285,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
     from xraygpt.conversation.chat import Chat
-    from xraygpt.conversation.loading import load_model_and_processor, pick_device
+    from xraygpt.common.device import pick_device
+    from xraygpt.conversation.loading import load_model_and_processor
 
     # Gradio takes seconds to import: do it while the model loads.
     gradio_import = threading.Thread(target=importlib.import_module, args=("gradio",), daemon=True)
     gradio_import.start()
     cfg = Config(args)
-    device = pick_device(args.device, args.gpu_id)
+    device = pick_device(args.device, gpu_id=args.gpu_id)
     model, processor = load_model_and_processor(cfg, device)
     chat = Chat(model, processor, template=args.template)
     handlers = DemoHandlers(chat, options["max_file_size"])

@@ -20,14 +20,15 @@ import argparse
 import inspect
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 from xraygpt.common.cli import run_cli, setup_logging
 from xraygpt.common.config import Config, ConfigError, add_config_arguments
+from xraygpt.common.device import pick_device
+from xraygpt.common.fileio import atomic_write_text
 from xraygpt.evaluation.scoring import format_summary, score_reports
+from xraygpt.inference.records import generate_records
 
 logger = logging.getLogger(__name__)
 
@@ -60,15 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_device(requested: str) -> str:
-    import torch
-
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("CUDA requested but not available: evaluating on CPU")
-        return "cpu"
-    return requested
-
-
 def build_splits(cfg: Config, splits: Sequence[str]) -> List[tuple]:
     """``[(dataset name, split, Dataset), ...]`` for every configured dataset that has the split."""
     from xraygpt.common.registry import registry
@@ -92,84 +84,14 @@ def build_splits(cfg: Config, splits: Sequence[str]) -> List[tuple]:
     return found
 
 
-def _batches(dataset, batch_size: int, limit: Optional[int], num_workers: int) -> Iterator[Optional[Dict[str, Any]]]:
-    from torch.utils.data import DataLoader, Subset
-
-    from xraygpt.datasets.caption_dataset import collate
-
-    if limit is not None:
-        dataset = Subset(dataset, range(min(limit, len(dataset))))
-    yield from DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
-
-
-def generate_records(
-    model,
-    splits: Iterable[tuple],
-    batch_size: int,
-    generation_kwargs: Dict[str, Any],
-    device: str = "cpu",
-    limit: Optional[int] = None,
-    num_workers: int = 0,
-    vqa_datasets: Sequence[str] = (),
-) -> Tuple[List[Dict[str, Any]], int]:
-    """Generate one text per sample: ``(records, number of samples skipped as unreadable)``.
-
-    Samples of datasets named in ``vqa_datasets`` (or carrying a ``question``) are VQA items whose
-    prompt is the question and whose caption is the reference answer.
-    """
-    import torch
-    from tqdm import tqdm
-
-    records: List[Dict[str, Any]] = []
-    skipped = 0
-    for name, split, dataset in splits:
-        n = len(dataset) if limit is None else min(limit, len(dataset))
-        produced = len(records)
-        with tqdm(total=n, desc=f"{name}/{split}", unit="sample") as progress, torch.inference_mode():
-            for batch in _batches(dataset, batch_size, limit, num_workers):
-                if batch is None:  # every sample of the batch was unreadable (and the policy is skip)
-                    continue
-                prompts = list(batch["prompt"])
-                outputs = model.generate(batch["image"].to(device), prompts, **generation_kwargs)
-                if len(outputs) != len(prompts):
-                    raise RuntimeError(f"model.generate returned {len(outputs)} texts for a batch of {len(prompts)}")
-                marked = batch.get("question") or [None] * len(prompts)
-                questions = [q or (p if name in vqa_datasets else None) for q, p in zip(marked, prompts)]
-                for i, text in enumerate(outputs):
-                    records.append({
-                        "dataset": name,
-                        "split": split,
-                        "image_id": str(batch["image_id"][i]),
-                        "prompt": prompts[i],
-                        "question": questions[i],
-                        "prediction": text,
-                        "reference": batch["caption"][i],
-                    })
-                progress.update(len(prompts))
-        skipped += n - (len(records) - produced)
-    return records, skipped
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write next to the target and rename, so an interrupted run never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_outputs(out_dir: Path, records: List[Dict[str, Any]], result: Dict[str, Any],
                   settings: Dict[str, Any]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [{**record, **scored} for record, scored in zip(records, result["per_sample"])]
-    _write_atomic(out_dir / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(out_dir / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     metrics = {k: v for k, v in result.items() if k != "per_sample"}
     metrics["settings"] = settings
-    _write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -179,14 +101,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     run = cfg.run_cfg
     splits = args.splits or list(run.test_splits) or ["test"]
     batch_size = args.batch_size or run.batch_size_eval
-    device = resolve_device(args.device or run.device)
+    device = str(pick_device(args.device or run.device))
     out_dir = Path(args.out) if args.out else Path(run.output_dir) / "eval"
     generation_kwargs = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
 
     from xraygpt.conversation.loading import build_model
 
+    found = build_splits(cfg, splits)  # data problems show before the slow model load
     model = build_model(cfg, device)
-    records, skipped = generate_records(model, build_splits(cfg, splits), batch_size, generation_kwargs,
+    records, skipped = generate_records(model, found, batch_size, generation_kwargs,
                                         device=device, limit=args.limit, num_workers=run.num_workers,
                                         vqa_datasets=args.vqa_datasets)
     if not records:

@@ -19,11 +19,11 @@ from typing import Iterable, List, Sequence, Set
 
 from xraygpt.common.cli import run_cli, setup_logging
 from xraygpt.common.config import Config, ConfigError, add_config_arguments
+from xraygpt.common.constants import IMAGE_SUFFIXES
 from xraygpt.conversation.generation import GenerationSettings
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff")
 DEFAULT_PROMPT = "<Img><ImageHere></Img> Describe the given chest x-ray image in detail."
 
 
@@ -127,11 +127,12 @@ def main(argv: List[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
-    from xraygpt.conversation.loading import load_model_and_processor, pick_device
+    from xraygpt.common.device import pick_device
+    from xraygpt.conversation.loading import load_model_and_processor
     from xraygpt.datasets.image_io import ImageLoadError, load_medical_image
 
     cfg = Config(args)
-    device = pick_device(args.device, args.gpu_id)
+    device = pick_device(args.device, gpu_id=args.gpu_id)
     model, processor = load_model_and_processor(cfg, device)
     run_settings = {**settings.as_dict(), "batch_size": args.batch_size, "cfg_path": str(args.cfg_path), "device": str(device)}
 

@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-from xraygpt.common.cli import setup_logging
+from xraygpt.common.cli import add_debug_argument, run_cli, setup_logging
+from xraygpt.common.config import ConfigError
+from xraygpt.common.errors import DataError
 from xraygpt.common.registry import registry
 from xraygpt.tasks.encoder_pretraining import PretrainSettings
 
@@ -37,7 +39,7 @@ def ensure_phantoms(folder: Path, count: int, seed: int, size: int) -> None:
     logger.info("generating %d phantoms of %d px into %s", count, size, folder)
     code = phantoms.main(["--out", str(folder), "--n", str(count), "--seed", str(seed), "--size", str(size)])
     if code:
-        raise RuntimeError(f"generating phantoms into {folder} failed (exit code {code}, message above)")
+        raise DataError(f"generating phantoms into {folder} failed (exit code {code}, message above)")
 
 
 def ensure_tokenizer(path: Path, annotations: Path, vocab_size: int) -> None:
@@ -67,14 +69,15 @@ def ensure_encoder(cfg: Any, steps: int) -> None:
 
 def evaluate(cfg: Any, weights: Path, split: str, max_new_tokens: int) -> Dict[str, Any]:
     """Generate for every ``split`` sample with the trained weights (``model_best.safetensors``) and score it."""
-    from xraygpt.evaluate import generate_records
+    from xraygpt.inference.records import generate_records
     from xraygpt.evaluation import score_reports
 
     cfg.model_cfg.ckpt = str(weights)
     task = registry.get_task_class(cfg.run_cfg.task).setup_task(cfg)
     datasets = task.build_datasets()
     if split not in datasets:
-        raise KeyError(f"the phantom dataset has no '{split}' split (built: {sorted(datasets)})")
+        raise ConfigError(f"the phantom dataset has no '{split}' split (built: {sorted(datasets)})",
+                          fix="set run.test_splits to one of those")
     model = task.build_model().eval()  # encoders from stage 1's files, the rest from ``weights``
     records, _ = generate_records(model, [("phantoms", split, datasets[split])], int(cfg.run_cfg.batch_size_eval),
                                   {"max_new_tokens": max_new_tokens})
@@ -104,6 +107,7 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--vocab-size", type=int, default=2000)
     parser.add_argument("--encoder-steps", type=int, default=PretrainSettings.steps,
                         help="stage-1 steps when the encoder files are absent")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     setup_logging()
 
@@ -148,6 +152,4 @@ def main(argv: List[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from xraygpt.common.cli import run_cli
-
-    run_cli(lambda: main())
+    run_cli(main)

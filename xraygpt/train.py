@@ -6,18 +6,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import random
-import sys
 from typing import Any, Dict
 
-import numpy as np
-import torch
-
-from xraygpt.common.checkpointing import CheckpointError
 from xraygpt.common.cli import run_cli, setup_logging
 from xraygpt.common.config import Config, add_config_arguments
 from xraygpt.common.dist_utils import cleanup_distributed, init_distributed
 from xraygpt.common.registry import registry
+from xraygpt.common.seeding import set_seed
 
 logger = logging.getLogger("xraygpt.train")
 
@@ -26,12 +21,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train an xraygpt model from a YAML config.")
     add_config_arguments(parser)
     return parser
-
-
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def run_training(cfg: Config) -> Dict[str, Any]:
@@ -58,12 +47,7 @@ def run_training(cfg: Config) -> Dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
-    cfg = Config(args)
-    try:
-        run_training(cfg)
-    except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    run_training(Config(args))
     return 0
 
 

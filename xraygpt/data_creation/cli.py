@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from xraygpt.common.cli import add_debug_argument, debug_requested
 from xraygpt.data_creation.filters import TextFilter
 from xraygpt.data_creation.images import IMAGE_FORMATS
 from xraygpt.data_creation.pipeline import TASKS, GeneratorSpec, RunOptions, run
@@ -17,6 +18,7 @@ EPILOG = "Docs and examples: docs/data_creation.md"
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
+    add_debug_argument(parser)
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, required=True, help="dataset folder to create or resume (image/, filter_cap*.json, manifest.json)")
     out.add_argument("--tasks", default=",".join(TASKS), help="comma list of tasks: report (report prompt -> report), vqa (question -> answer)")
@@ -105,7 +107,9 @@ def _main(build: Callable[[argparse.Namespace], Tuple[List[SourceItem], List[Rej
         items, rejections, text_filter, source_info = build(args)
         run(items, rejections, text_filter, _options(args, getattr(args, "all_images", False)), spec, source_info)
     except DataCreationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if debug_requested(list(argv) if argv is not None else None):
+            raise
+        print(f"error: {exc.one_line()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished items are saved; rerun the same command to resume", file=sys.stderr)
@@ -192,7 +196,7 @@ def merge_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", type=Path, help="dataset folders to merge")
     parser.add_argument("--out", type=Path, required=True, help="merged dataset folder")
     parser.add_argument("--names", help="comma list of names for the inputs (default: their folder names)")
-    return parser
+    return add_debug_argument(parser)
 
 
 def merge_main(argv: Optional[Sequence[str]] = None) -> int:
@@ -203,6 +207,8 @@ def merge_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         merge_datasets(args.inputs, args.out, args.names.split(",") if args.names else None)
     except DataCreationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if debug_requested(list(argv) if argv is not None else None):
+            raise
+        print(f"error: {exc.one_line()}", file=sys.stderr)
         return 2
     return 0

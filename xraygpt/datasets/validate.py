@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from xraygpt.common.cli import add_debug_argument, run_cli
 from xraygpt.datasets.annotations import AnnotationError, Issue, find_duplicates, parse_annotations
 from xraygpt.datasets.image_io import ImageLoadError, load_medical_image
 from xraygpt.datasets.prompts import load_prompts
@@ -140,6 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="only check that images exist, do not decode them")
     parser.add_argument("--strict", action="store_true", help="treat warnings (duplicates) as errors")
     parser.add_argument("--max-show", type=int, default=50, help="print at most this many issues")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     try:
         targets = targets_for(args.path, args.image_dir)
@@ -159,4 +161,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

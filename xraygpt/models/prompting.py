@@ -19,9 +19,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
-IMAGE_PLACEHOLDER = "<ImageHere>"
-IMAGE_WRAP = "<Img><ImageHere></Img>"
-IGNORE_INDEX = -100
+from xraygpt.common.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TAG
+
 
 
 def wrap_prompt(prompt: str, template: str) -> str:
@@ -30,7 +29,7 @@ def wrap_prompt(prompt: str, template: str) -> str:
     ``' What are the findings?'`` -> ``'###Patient: <Img><ImageHere></Img> What are the findings? ###Doctor: '``.
     Prompt-file lines already carry ``<Img><ImageHere></Img>`` and are used as they are.
     """
-    body = prompt if IMAGE_PLACEHOLDER in prompt else IMAGE_WRAP + prompt
+    body = prompt if IMAGE_PLACEHOLDER in prompt else IMAGE_TAG + prompt
     return template.format(body)
 
 

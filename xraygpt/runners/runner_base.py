@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, Dataset
 
 from xraygpt.common import checkpointing as ckpt
+from xraygpt.common.fileio import atomic_write_text, atomic_write_with
 from xraygpt.common.dist_utils import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed
 from xraygpt.common.optims import build_optimizer, build_scheduler
 from xraygpt.common.registry import registry
@@ -109,9 +110,6 @@ class RunnerBase:
     def _cached_datasets(self) -> Dict[str, Dataset]:
         """Swap the train/valid splits for views that read cached Q-Former outputs."""
         rc = self.run_cfg
-        if not hasattr(self.model, "encode_qformer"):
-            raise FeatureCacheError(f"run.cache_visual_features needs model.encode_qformer; "
-                                    f"{type(self.model).__name__} has none")
         check_frozen_visual_path(self.model)
         train = self._split(list(rc.train_splits))
         if train is not None and draws_differ(train, rc.seed)[0] and not rc.allow_cache_with_augmentation:
@@ -121,7 +119,7 @@ class RunnerBase:
                 "training, or set run.allow_cache_with_augmentation: true to accept fixed augmentations."
             )
         root = Path(rc.cache_dir) if rc.cache_dir else Path(rc.output_dir) / "feature_cache"
-        cache = FeatureCache(self.model, root, encoder_fingerprint(self.model, self.cfg.model_cfg), self.dist,
+        cache = FeatureCache(self.model, root, encoder_fingerprint(self.model), self.dist,
                              int(rc.batch_size_eval), int(rc.num_workers), self.autocast)
         cached = dict(self.datasets)
         for split in dict.fromkeys([*rc.train_splits, *rc.valid_splits]):
@@ -304,9 +302,7 @@ class RunnerBase:
         name = state.best_checkpoint or self._checkpoint_path(state).name
         source = self.ckpt_dir / name / ckpt.WEIGHTS_FILE
         target = self.job_dir / "model_best.safetensors"
-        tmp = target.with_name(f".tmp-{target.name}")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
+        atomic_write_with(target, lambda tmp: shutil.copyfile(source, tmp))
         logger.info("weights of %s exported to %s (use it as model.ckpt)", name, target)
 
     def _test(self, state: TrainState) -> None:
@@ -377,7 +373,7 @@ class RunnerBase:
 
     def _write_best_pointer(self, state: TrainState) -> None:
         if self.dist.is_main and state.best_checkpoint:
-            ckpt.atomic_write_text(
+            atomic_write_text(
                 self.ckpt_dir / "best.json",
                 f'{{"checkpoint": "{state.best_checkpoint}", "val_loss": {state.best_metric}}}\n',
             )

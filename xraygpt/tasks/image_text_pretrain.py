@@ -65,7 +65,7 @@ class ImageTextPretrainTask:
         count = int(runner.run_cfg.valid_generate)
         if count == 0 or not runner.dist.is_main:
             return {}
-        from xraygpt.evaluate import generate_records
+        from xraygpt.inference.records import generate_records
         from xraygpt.evaluation import score_reports
         from xraygpt.runners.runner_base import unwrap
 
