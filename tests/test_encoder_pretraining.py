@@ -129,6 +129,7 @@ def test_quickstart_runs_both_stages_and_scores(tmp_path, capsys):
     assert (data / "pretrained" / "encoder_pretraining.json").is_file()
     metrics = json.loads((tmp_path / "out" / "quickstart" / "quickstart_metrics.json").read_text())
     assert "CE_micro_f1" in metrics and "BLEU-1" in metrics
+    assert all(0.0 <= metrics[key] <= 1.0 for key in ("CE_micro_f1", "BLEU-1"))
     assert list((tmp_path / "cache").rglob("*.safetensors")), "stage 2 trains from cached Q-Former features"
 
     # A second run reuses data, tokenizer and encoder files (stage 1 is not repeated).

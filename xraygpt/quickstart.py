@@ -54,8 +54,7 @@ def ensure_tokenizer(path: Path, annotations: Path, vocab_size: int) -> None:
 
 def ensure_encoder(cfg: Any, steps: int) -> None:
     """Stage 1, when the config names encoder files that do not exist yet."""
-    model_cfg = cfg.model_cfg
-    paths = [model_cfg.get("vit_path"), model_cfg.get("q_former_model")]
+    paths = [cfg.model.vit_path, cfg.model.q_former_model]
     if not all(paths):
         logger.info("the config names no pretrained encoder files: stage 1 skipped")
         return
@@ -79,7 +78,7 @@ def evaluate(cfg: Any, weights: Path, split: str, max_new_tokens: int) -> Dict[s
         raise ConfigError(f"the phantom dataset has no '{split}' split (built: {sorted(datasets)})",
                           fix="set run.test_splits to one of those")
     model = task.build_model().eval()  # encoders from stage 1's files, the rest from ``weights``
-    records, _ = generate_records(model, [("phantoms", split, datasets[split])], int(cfg.run_cfg.batch_size_eval),
+    records, _ = generate_records(model, [("phantoms", split, datasets[split])], cfg.run_cfg.batch_size_eval,
                                   {"max_new_tokens": max_new_tokens})
     scores = score_reports([r["prediction"] for r in records], [r["reference"] for r in records],
                            [r["question"] for r in records], meteor=False)
@@ -118,7 +117,7 @@ def main(argv: List[str] | None = None) -> int:
     cfg = Config({"cfg_path": args.cfg_path, "options": args.options})
     dataset_cfg = next(iter(cfg.datasets_cfg.values()))
     data_dir = Path(dataset_cfg.build_info.storage)
-    ensure_phantoms(data_dir, args.phantoms, int(cfg.run_cfg.seed), args.phantom_size)
+    ensure_phantoms(data_dir, args.phantoms, cfg.run_cfg.seed, args.phantom_size)
     ensure_tokenizer(Path(cfg.model_cfg.tokenizer), data_dir / "filter_cap.json", args.vocab_size)
     prepared = time.perf_counter()
     ensure_encoder(cfg, args.encoder_steps)
@@ -133,7 +132,7 @@ def main(argv: List[str] | None = None) -> int:
 
     split = (list(cfg.run_cfg.test_splits) or ["test"])[0]
     weights = job_dir / "model_best.safetensors"
-    result = evaluate(cfg, weights, split, int(cfg.run_cfg.valid_max_new_tokens))
+    result = evaluate(cfg, weights, split, cfg.run_cfg.valid_max_new_tokens)
     done = time.perf_counter()
     from xraygpt.evaluation import format_summary
 

@@ -32,7 +32,7 @@ def run_training(cfg: Config) -> Dict[str, Any]:
     else:
         cfg.pretty_print()
     try:
-        set_seed(int(run_cfg.seed))
+        set_seed(run_cfg.seed)
         task = registry.get_task_class(run_cfg.task).setup_task(cfg)
         datasets = task.build_datasets()
         model = task.build_model()

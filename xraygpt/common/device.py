@@ -11,7 +11,7 @@ from xraygpt.common.errors import DeviceError
 logger = logging.getLogger(__name__)
 
 
-def pick_device(requested: Optional[str] = None, *, gpu_id: Optional[int] = None, local_rank: int = 0) -> torch.device:
+def pick_device(requested: Optional[str] = None, gpu_id: Optional[int] = None, *, local_rank: int = 0) -> torch.device:
     """``requested`` (``cpu``, ``cuda``, ``cuda:N``, ...) as a device; CUDA falls back to the CPU with a warning.
 
     Nothing requested means this rank's GPU (``gpu_id`` or ``local_rank``) when CUDA exists, else the CPU.

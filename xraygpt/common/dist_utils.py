@@ -41,14 +41,14 @@ def launched_by_torchrun() -> bool:
 
 def init_distributed(run_cfg: Any) -> DistInfo:
     """Join the process group when torchrun started us and ``run.distributed`` allows it."""
-    if not (launched_by_torchrun() and bool(run_cfg.distributed)):
-        return DistInfo(device=pick_device(str(run_cfg.device)))
+    if not (launched_by_torchrun() and run_cfg.distributed):
+        return DistInfo(device=pick_device(run_cfg.device))
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = pick_device(str(run_cfg.device), local_rank=local_rank)
+    device = pick_device(run_cfg.device, local_rank=local_rank)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method=str(run_cfg.dist_url), rank=rank, world_size=world_size,
+        dist.init_process_group(backend=backend, init_method=run_cfg.dist_url, rank=rank, world_size=world_size,
                                 device_id=device if device.type == "cuda" else None)
         logger.info("process group: backend %s, rank %d of %d, device %s", backend, rank, world_size, device)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)

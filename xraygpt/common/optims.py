@@ -63,7 +63,7 @@ class LinearWarmupCosineLR(_StepwiseSchedule):
     def from_run_config(cls, optimizer: torch.optim.Optimizer, run_cfg: Any, iters_per_epoch: int):
         return cls(
             optimizer,
-            total_steps=int(run_cfg.max_epoch) * iters_per_epoch,
+            total_steps=run_cfg.max_epoch * iters_per_epoch,
             init_lr=run_cfg.init_lr,
             min_lr=run_cfg.min_lr,
             warmup_lr=run_cfg.warmup_lr,
@@ -142,7 +142,7 @@ def param_groups(named_params: Iterable[tuple[str, torch.nn.Parameter]], weight_
 def build_optimizer(model: torch.nn.Module, run_cfg: Any) -> torch.optim.AdamW:
     """AdamW over the trainable parameters (betas as the original: 0.9, 0.999)."""
     groups = param_groups(model.named_parameters(), run_cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=float(run_cfg.init_lr), betas=(0.9, 0.999))
+    return torch.optim.AdamW(groups, lr=run_cfg.init_lr, betas=(0.9, 0.999))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, run_cfg: Any, iters_per_epoch: int) -> LRScheduler:

@@ -120,11 +120,11 @@ class RunnerBase:
             )
         root = Path(rc.cache_dir) if rc.cache_dir else Path(rc.output_dir) / "feature_cache"
         cache = FeatureCache(self.model, root, encoder_fingerprint(self.model), self.dist,
-                             int(rc.batch_size_eval), int(rc.num_workers), self.autocast)
+                             rc.batch_size_eval, rc.num_workers, self.autocast)
         cached = dict(self.datasets)
         for split in dict.fromkeys([*rc.train_splits, *rc.valid_splits]):
             if cached.get(split) is not None:
-                cached[split] = cache.wrap(cached[split], int(rc.seed), split)
+                cached[split] = cache.wrap(cached[split], rc.seed, split)
         return cached
 
     def _job_dir(self) -> Path:
@@ -170,7 +170,7 @@ class RunnerBase:
     def train(self) -> Dict[str, Any]:
         rc = self.run_cfg
         stream = self._train_stream()
-        accum = int(rc.accum_grad_iters)
+        accum = rc.accum_grad_iters
         if accum < 1:
             raise ValueError(f"run.accum_grad_iters must be >= 1, got {accum}")
         iters_per_epoch = int(rc.iters_per_epoch or max(stream.batches_per_epoch // accum, 1))
@@ -181,12 +181,12 @@ class RunnerBase:
         if rc.resume_ckpt_path:
             state = self._resume(Path(rc.resume_ckpt_path), optimizer, scheduler, scaler, stream)
         model = self._wrap()
-        total_steps = int(rc.max_epoch) * iters_per_epoch
+        total_steps = rc.max_epoch * iters_per_epoch
         self._log_start(iters_per_epoch, total_steps, accum)
 
         window_start, window_samples, window_losses = time.perf_counter(), 0, []
         run_start, run_start_step = time.perf_counter(), state.global_step
-        for epoch in range(state.epoch, int(rc.max_epoch)):
+        for epoch in range(state.epoch, rc.max_epoch):
             state.epoch = epoch
             model.train()
             while state.step_in_epoch < iters_per_epoch:
@@ -197,7 +197,7 @@ class RunnerBase:
                 state.global_step += 1
                 window_samples += samples
                 window_losses.append(loss)
-                if state.global_step % max(int(rc.log_freq), 1) == 0 or state.step_in_epoch == iters_per_epoch:
+                if state.global_step % max(rc.log_freq, 1) == 0 or state.step_in_epoch == iters_per_epoch:
                     now = time.perf_counter()
                     rate = window_samples / max(now - window_start, 1e-9)
                     per_step = (now - run_start) / max(state.global_step - run_start_step, 1)
@@ -205,7 +205,7 @@ class RunnerBase:
                     mean_loss = sum(window_losses) / len(window_losses)
                     self._log_train(state, epoch, iters_per_epoch, mean_loss, lr, rate, eta)
                     window_start, window_samples, window_losses = now, 0, []
-                if rc.save_freq and state.global_step % int(rc.save_freq) == 0 and state.step_in_epoch < iters_per_epoch:
+                if rc.save_freq and state.global_step % rc.save_freq == 0 and state.step_in_epoch < iters_per_epoch:
                     self._save(state, optimizer, scheduler, scaler, stream)
             state.epoch, state.step_in_epoch = epoch + 1, 0
             val_metrics = self.validate()
@@ -361,7 +361,7 @@ class RunnerBase:
         return path
 
     def _prune(self, state: TrainState) -> None:
-        keep = int(self.run_cfg.keep_last_n)
+        keep = self.run_cfg.keep_last_n
         if keep <= 0:
             return
         existing = ckpt.list_checkpoints(self.ckpt_dir)

@@ -60,7 +60,7 @@ class PretrainSettings:
 
 def settings_for(cfg: Any, **overrides: Any) -> PretrainSettings:
     """Defaults with the run's seed and device (``run.device: cuda`` falls back to CPU as in training)."""
-    return PretrainSettings(**{"seed": int(cfg.run_cfg.seed), "device": str(pick_device(str(cfg.run_cfg.device))), **overrides})
+    return PretrainSettings(**{"seed": cfg.run_cfg.seed, "device": str(pick_device(cfg.run_cfg.device)), **overrides})
 
 
 def load_labelled_split(labels_file: Path, split: str, processor: Any) -> LabelledImages:
@@ -180,7 +180,7 @@ def run_encoder_pretraining(cfg: Any, labels_file: Optional[Path] = None, settin
 
     settings = settings or settings_for(cfg)
     model_cfg = cfg.model_cfg
-    if not model_cfg.get("vit_path") or not model_cfg.get("q_former_model"):
+    if not cfg.model.vit_path or not cfg.model.q_former_model:
         raise ConfigError("encoder pretraining writes model.vit_path and model.q_former_model: set both in the config")
     dataset_cfg = next(iter(cfg.datasets_cfg.values()))
     labels_file = Path(labels_file or Path(dataset_cfg.build_info.storage) / "labels.json")
