@@ -38,7 +38,8 @@ CASES: Dict[str, tuple] = {
     # weight files that are not there
     "train-no-weights": (["train.py", "--cfg-path", TRAIN_CFG, "--options", "datasets.phantoms.build_info.storage={phantoms}",
                           "model.vit_path={tmp}/missing_vit.pth"], "missing_vit.pth"),
-    "evaluate-no-weights": (["test.py", "--cfg-path", EVAL_CFG], "weights/eva_vit_g.pth"),
+    "evaluate-no-weights": (["test.py", "--cfg-path", TRAIN_CFG, "--options", "datasets.phantoms.build_info.storage={phantoms}",
+                             "model.vit_path={tmp}/missing_vit.pth", "run.test_splits=[val]"], "missing_vit.pth"),
     "demo-no-weights": (["demo.py", "--cfg-path", EVAL_CFG], "weights/eva_vit_g.pth"),
     "generate-no-weights": (["-m", "xraygpt.generate", "--cfg-path", EVAL_CFG, "--images", "{image}",
                              "--out", "{tmp}/g.jsonl"], "weights/eva_vit_g.pth"),

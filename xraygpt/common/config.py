@@ -24,7 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from xraygpt.common.cli import add_debug_argument
 from xraygpt.common.registry import did_you_mean, registry
-from xraygpt.common.schema import SECTIONS, PreprocessSection, RunConfig, check_section, reject_unknown_keys
+from xraygpt.common.schema import SECTIONS, JobConfig, PreprocessSection, RunConfig, check_section, reject_unknown_keys
 from xraygpt.common.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,12 @@ def parse_options(options: Optional[Sequence[str]]) -> DictConfig:
 
 
 class Config:
-    """Merged configuration of one job: ``run_cfg``, ``model_cfg``, ``datasets_cfg``."""
+    """Merged configuration of one job, every section checked when it is loaded.
+
+    Typed sections: ``run`` (:class:`RunConfig`), ``model`` (the model class's config, e.g.
+    ``MiniGPT4Config``), ``datasets`` (name -> the builder's ``DatasetSection``) and ``preprocess``.
+    ``run_cfg``, ``model_cfg`` and ``datasets_cfg`` are the same values as DictConfigs.
+    """
 
     def __init__(self, args: argparse.Namespace | Dict[str, Any]):
         if isinstance(args, dict):
@@ -102,8 +107,8 @@ class Config:
         merged.setdefault("run", {})
         merged.setdefault("model", {})
         merged.setdefault("datasets", {})
-        self._check_sections(merged)
         merged["run"] = self._validated_run(merged["run"])
+        self._check_sections(merged)
         self.config: DictConfig = merged
 
     # ------------------------------------------------------------------ layers
@@ -172,6 +177,10 @@ class Config:
         return str(self.cfg_path)
 
     # -------------------------------------------------------------- accessors
+    @property
+    def job(self) -> JobConfig:
+        return JobConfig(run=self.run, model=self.model, datasets=self.datasets, preprocess=self.preprocess)
+
     @property
     def run_cfg(self) -> DictConfig:
         return self.config.run

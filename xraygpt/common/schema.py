@@ -74,6 +74,18 @@ SECTIONS = ("run", "model", "datasets", "preprocess")
 
 
 @dataclass
+class JobConfig:
+    """One job's checked sections (``Config.job``); the model and dataset schemas live beside their code."""
+
+    run: "RunConfig"
+    model: Any
+    """The model class's typed config (``MiniGPT4Config``), ``None`` without ``model.arch``."""
+    datasets: Dict[str, Any]
+    """Dataset name -> its builder's ``DatasetSection``."""
+    preprocess: PreprocessSection
+
+
+@dataclass
 class RunConfig:
     # What to run.
     task: str = MISSING

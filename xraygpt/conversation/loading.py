@@ -19,8 +19,8 @@ def eval_processor_config(cfg: Config) -> Mapping[str, Any]:
     Any ``eval`` processor (datasets first, then the model defaults' ``preprocess``)
     wins over a ``train`` one, which may crop at random.
     """
-    sections = [(f"datasets.{name}", getattr(section, "vis_processor", None)) for name, section in cfg.datasets.items()]
-    sections.append(("preprocess", cfg.preprocess.vis_processor))
+    sections = [(f"datasets.{name}", d.get("vis_processor")) for name, d in (cfg.config.get("datasets") or {}).items()]
+    sections.append(("preprocess", (cfg.config.get("preprocess") or {}).get("vis_processor")))
     for split in ("eval", "train"):
         for where, processors in sections:
             chosen = (processors or {}).get(split)
