@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from xraygpt.common.cli import run_cli, setup_logging
 from xraygpt.common.config import Config, ConfigError, add_config_arguments
-from xraygpt.conversation.generation import GenerationSettings
+from xraygpt.conversation.decoding_settings import GenerationSettings
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Iterable, List, Sequence, Set
 from xraygpt.common.cli import run_cli, setup_logging
 from xraygpt.common.config import Config, ConfigError, add_config_arguments
 from xraygpt.common.constants import IMAGE_SUFFIXES
-from xraygpt.conversation.generation import GenerationSettings
+from xraygpt.conversation.decoding_settings import GenerationSettings
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from xraygpt.models.checkpoint_io import (
     save_safetensors,
 )
 from xraygpt.models.fast_generation import GraphedCall
-from xraygpt.models.generation import clean_answer, run_in_thread, stream_until, strip_leading_special, trim_generated
+from xraygpt.models.answer_text import clean_answer, run_in_thread, stream_until, strip_leading_special, trim_generated
 from xraygpt.models.llm import apply_lora, load_language_model, load_tokenizer, resolve_dtype
 from xraygpt.common.schema import Source
 from xraygpt.models.model_config import MiniGPT4Config, model_config_from
