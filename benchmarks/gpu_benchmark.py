@@ -468,6 +468,28 @@ def _generation_runs(ours, base, sizes, device, report, llm, n, exact, floor_ms)
     report.put("gen.graph_identical_to_eager_step", agreement(graph_ids, eager_ids))
 
 
+def section_peer(ours, base, sizes, device, report):
+    """The strong peer: the same transformers baseline with a static cache + torch.compile
+    (``cache_implementation="static"``: transformers compiles the forward and replays CUDA graphs)."""
+    n = sizes.new_tokens
+    base.language_projection.to(base.dtype)
+    for batch in (min(sizes.gen_batches), max(sizes.gen_batches)):
+        inputs = make_inputs(ours, sizes, batch, device, seed=1)
+        ids_b, mask_b, _ = baseline_batch(ours, inputs, base.config.image_token_index, train=False)
+        kwargs = dict(pixel_values=inputs.images.to(base.dtype), input_ids=ids_b.to(device), attention_mask=mask_b.to(device),
+                      max_new_tokens=n, min_new_tokens=n, do_sample=False, cache_implementation="static")
+        synchronize(device)
+        t0 = time.perf_counter()
+        base.generate(**kwargs)  # compiles
+        synchronize(device)
+        report.put(f"gen.b{batch}.peer.first_call_s", time.perf_counter() - t0)
+        total = time_fn(lambda: base.generate(**kwargs), device, reps=max(sizes.slow_gen_reps, 2), warmup=0)
+        report.put(f"gen.b{batch}.peer.aggregate_tokens_per_s", batch * n / (total.median_ms / 1e3))
+        report.put(f"gen.b{batch}.peer.per_seq_tokens_per_s", n / (total.median_ms / 1e3))
+        print(f"  gen.b{batch}.peer (static cache + compile): {batch * n / (total.median_ms / 1e3):8.1f} tok/s, "
+              f"first call {report.values[f'gen.b{batch}.peer.first_call_s']:.1f} s", flush=True)
+
+
 def agreement(a: torch.Tensor, b: torch.Tensor) -> str:
     a, b = a.tolist(), b.tolist()
     if a == b:
@@ -504,8 +526,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tiny", action="store_true", help="toy sizes: runs every section in seconds")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
-    parser.add_argument("--sections", default="train,seed,gen,cache,mix,ablate",
-                        help="comma list of: train, seed, gen, cache, mix, ablate (run in this order)")
+    parser.add_argument("--sections", default="train,seed,gen,peer,cache,mix,ablate",
+                        help="comma list of: train, seed, gen, peer, cache, mix, ablate (run in this order)")
     parser.add_argument("--budget-s", type=float, default=480, help="skip remaining sections past this wall time")
     args = parser.parse_args(argv)
     sizes = TINY if args.tiny else FULL
@@ -547,6 +569,7 @@ def main(argv=None) -> int:
     plan = [("train", lambda: report.put("_flops", section_training(ours, base, sizes, device, report, ceiling))),
             ("seed", lambda: section_seed_like(ours, sizes, device, report, ceiling, report.values["_flops"])),
             ("gen", lambda: section_generation(ours, base, sizes, device, report, copy_gbps)),
+            ("peer", lambda: section_peer(ours, base, sizes, device, report)),
             ("cache", lambda: section_feature_cache(ours, sizes, device, report)),
             ("mix", lambda: section_length_mix(ours, sizes, device, report)),
             ("ablate", lambda: section_ablations(ours, sizes, device, report, ceiling, report.values["_flops"]))]

@@ -17,7 +17,10 @@ USED_THROUGH_A_LIBRARY = {
     "pytest-timeout": "the suite's timeout setting",
     "tensorboard": "torch.utils.tensorboard writes the event files with it",
 }
-NOT_PINNED = {"bitsandbytes": "GPU-only optional extra; CI has no GPU (hard_requirements.txt says so)"}
+NOT_PINNED = {
+    "bitsandbytes": "GPU-only optional extra; CI has no GPU (hard_requirements.txt says so)",
+    "torchao": "CUDA-only int8 extra, pinned in pyproject (0.17.0, for the GPU machine's torch)",
+}
 
 
 def _normal(name: str) -> str:

@@ -278,23 +278,35 @@ def build_demo(handlers: DemoHandlers, examples: List[str], concurrency: int, qu
     return demo
 
 
+def load_chat(args: argparse.Namespace) -> Any:
+    """The model, its processor and the chat, warmed up so the first turn is as fast as later ones.
+
+    Warm-up (CUDA only) captures the batch-1 decode steps for the UI's default settings and greedy decoding
+    over the whole LLM window, so no turn of any length pays a capture.
+    """
+    from xraygpt.conversation.chat import Chat
+    from xraygpt.conversation.loading import load_model_and_processor, pick_device
+
+    cfg = Config(args)
+    device = pick_device(args.device, args.gpu_id)
+    model, processor = load_model_and_processor(cfg, device)
+    warm_up = getattr(model, "warm_up", None)
+    if warm_up is not None:
+        ui_default, greedy = GenerationSettings(), GenerationSettings(temperature=0.0)
+        warm_up(1, generation_kwargs=[ui_default.generate_kwargs(), greedy.generate_kwargs()])
+    return Chat(model, processor, template=args.template)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     options = launch_options(args)  # check the flags before the slow model load
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-    from xraygpt.conversation.chat import Chat
-    from xraygpt.common.device import pick_device
-    from xraygpt.conversation.loading import load_model_and_processor
-
     # Gradio takes seconds to import: do it while the model loads.
     gradio_import = threading.Thread(target=importlib.import_module, args=("gradio",), daemon=True)
     gradio_import.start()
-    cfg = Config(args)
-    device = pick_device(args.device, gpu_id=args.gpu_id)
-    model, processor = load_model_and_processor(cfg, device)
-    chat = Chat(model, processor, template=args.template)
+    chat = load_chat(args)
     handlers = DemoHandlers(chat, options["max_file_size"])
     gradio_import.join()
     with tempfile.TemporaryDirectory(prefix="xraygpt-demo-") as tmp:

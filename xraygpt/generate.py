@@ -134,6 +134,8 @@ def main(argv: List[str] | None = None) -> int:
     cfg = Config(args)
     device = pick_device(args.device, gpu_id=args.gpu_id)
     model, processor = load_model_and_processor(cfg, device)
+    if settings.num_beams == 1 and hasattr(model, "warm_up"):  # captures now, not in the first batch
+        model.warm_up(min(args.batch_size, len(todo)), prompt=args.prompt, generation_kwargs=[settings.generate_kwargs()])
     run_settings = {**settings.as_dict(), "batch_size": args.batch_size, "cfg_path": str(args.cfg_path), "device": str(device)}
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -152,14 +154,16 @@ def main(argv: List[str] | None = None) -> int:
             if readable:
                 start = time.perf_counter()
                 with torch.inference_mode():
-                    reports = model.generate(
-                        torch.stack(pixels).to(device), [args.prompt] * len(readable), **settings.generate_kwargs()
+                    reports, ids = model.generate(
+                        torch.stack(pixels).to(device), [args.prompt] * len(readable), return_ids=True,
+                        **settings.generate_kwargs()
                     )
                 seconds = time.perf_counter() - start
                 stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                for path, report in zip(readable, reports):
+                for path, report, new_ids in zip(readable, reports, ids):
                     record = {
                         "image": str(path), "image_id": path.stem, "prompt": args.prompt, "report": report,
+                        "new_tokens": len(new_ids),
                         "seconds": round(seconds / len(readable), 4), "batch_seconds": round(seconds, 4),
                         "created": stamp, "settings": run_settings,
                     }

@@ -20,6 +20,15 @@ logger = logging.getLogger("xraygpt.train")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train an xraygpt model from a YAML config.")
     add_config_arguments(parser)
+    plan = parser.add_argument_group("memory plan")
+    plan.add_argument("--dry-run", action="store_true",
+                      help="print parameter, gradient, optimizer and activation memory per GPU, load nothing, exit")
+    plan.add_argument("--processes", type=int, default=None,
+                      help="plan for this many GPUs (default: WORLD_SIZE under torchrun, else 1)")
+    plan.add_argument("--gpu-memory-gib", type=float, default=None,
+                      help="GPU memory to check the plan against (default: the smallest visible GPU), e.g. 80, 141")
+    plan.add_argument("--seq-len", type=int, default=None,
+                      help="tokens per sample (default: query tokens + model.max_txt_len + 24 for the prompt)")
     return parser
 
 
@@ -47,7 +56,13 @@ def run_training(cfg: Config) -> Dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
-    run_training(Config(args))
+    cfg = Config(args)
+    if args.dry_run:
+        from xraygpt.runners.memory_plan import describe_plan
+
+        print(describe_plan(cfg.model_cfg, cfg.run_cfg, args.processes, args.gpu_memory_gib, args.seq_len))
+        return 0
+    run_training(cfg)
     return 0
 
 

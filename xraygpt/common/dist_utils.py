@@ -47,7 +47,7 @@ def init_distributed(run_cfg: Any) -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = pick_device(run_cfg.device, local_rank=local_rank)
     if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        backend = process_group_backend(device)
         dist.init_process_group(backend=backend, init_method=run_cfg.dist_url, rank=rank, world_size=world_size,
                                 device_id=device if device.type == "cuda" else None)
         logger.info("process group: backend %s, rank %d of %d, device %s", backend, rank, world_size, device)
@@ -64,9 +64,14 @@ def barrier() -> None:
         dist.barrier()
 
 
+def process_group_backend(device: torch.device) -> str:
+    """NCCL for CUDA tensors plus gloo for the small CPU tensors the runner reduces (loss sums, counters)."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over ranks in place (no-op on a world of one)."""
-    if dist.is_available() and dist.is_initialized():
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
@@ -78,3 +83,12 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     holder = [obj]
     dist.broadcast_object_list(holder, src=src)
     return holder[0]
+
+
+def all_gather_objects(value: Any) -> list:
+    """``value`` of every rank, in rank order (``[value]`` on a world of one)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered

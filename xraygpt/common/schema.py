@@ -146,6 +146,18 @@ class RunConfig:
     dist_url: str = "env://"
     distributed: bool = True
     """Use torch.distributed when launched by torchrun (ignored otherwise)."""
+    strategy: str = "ddp"
+    """``ddp`` replicates the model on every process; ``fsdp`` shards it with FSDP2 (xraygpt/runners/fsdp.py)."""
+    fsdp_shard_frozen: bool = False
+    """With ``fsdp``: also shard the frozen vision encoder and Q-Former (default: replicated on every process)."""
+    fsdp_param_dtype: str = "auto"
+    """With ``fsdp``: compute dtype of the gathered weights; ``auto`` is bf16 on GPUs and fp32 on CPU."""
+    fsdp_reduce_dtype: str = "fp32"
+    """With ``fsdp``: dtype in which gradients are reduced across processes."""
+    activation_checkpointing: bool = False
+    """Recompute the LLM decoder layers in the backward pass instead of keeping their activations."""
+    save_checkpoints: bool = True
+    """false: write no checkpoints and no model_best export (benchmarks, throw-away runs)."""
 
     # Data policy and speed.
     on_bad_sample: str = "error"
@@ -159,6 +171,9 @@ class RunConfig:
         checks = {
             "amp_dtype": (self.amp_dtype, ("bf16", "fp16")),
             "on_bad_sample": (self.on_bad_sample, ("error", "skip")),
+            "strategy": (self.strategy, ("ddp", "fsdp")),
+            "fsdp_param_dtype": (self.fsdp_param_dtype, ("auto", "bf16", "fp16", "fp32")),
+            "fsdp_reduce_dtype": (self.fsdp_reduce_dtype, ("bf16", "fp32")),
         }
         for key, (value, allowed) in checks.items():
             if value not in allowed and value != MISSING:

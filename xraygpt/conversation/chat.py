@@ -47,16 +47,6 @@ class ChatState:
     """Messages for the user (e.g. earlier turns dropped); the UI shows and clears them."""
 
 
-class _CancelFlag:
-    """A stopping criterion that ends generation once ``event`` is set (abandoned streams)."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
 class Chat:
     """``upload_img`` -> ``ask`` -> ``answer`` / ``stream_answer``, on a per-user :class:`ChatState`.
 
@@ -196,12 +186,8 @@ class Chat:
                 text = self.model.generate(None, [prompt], **kwargs)[0]
             yield self.template.cut_at_stop(text)[0]
             return
-        from transformers import StoppingCriteriaList
-
-        cancel = threading.Event()
-        pieces = self.model.stream_generate(
-            None, prompt, stopping_criteria=StoppingCriteriaList([_CancelFlag(cancel)]), **kwargs
-        )
+        cancel = threading.Event()  # set when the reader stops early: the decoder ends at its next check
+        pieces = self.model.stream_generate(None, prompt, cancel=cancel, **kwargs)
         text, reply = "", None
         try:
             for piece in pieces:

@@ -2,9 +2,10 @@
 
 Why this exists: ``generate()`` re-launches ~600 small kernels from Python for every new token of a 7B LLaMA
 and grows a dynamic KV cache, so batch-1 decode runs at ~10% of what the GPU's memory bandwidth allows.
-Here the KV cache is static (HF ``StaticCache``) and one whole decode step - LLM forward, logits processing,
-token choice, stop checks, embedding of the chosen token - is captured once into a CUDA graph and replayed.
-The host only looks at the results every ``sync_every`` steps, so the GPU never waits for Python.
+Here the KV cache is static (HF ``StaticCache``) and one whole decode step - LLM forward (by default the fused
+step of :mod:`xraygpt.models.llama_decode`), logits processing, token choice, stop checks, embedding of the
+chosen token - is captured into a CUDA graph and replayed. The host reads results through asynchronous copies,
+one chunk of steps behind the GPU, so the GPU never waits for Python, also while streaming.
 
 Semantics follow ``LlamaForCausalLM.generate(inputs_embeds=..., attention_mask=...)``: left padding,
 positions from the attention mask, returned ids are the new tokens only, finished rows are filled with
@@ -12,8 +13,11 @@ positions from the attention mask, returned ids are the new tokens only, finishe
 repetition penalty -> temperature -> top-k -> top-p. Greedy decoding picks ``argmax`` of the same logits, so on
 CPU / in float32 the tokens equal HF's (tested); CUDA graph replay runs the very kernels of the eager step.
 
-Capture is paid once per (LLM, batch size, cache-length bucket, decode settings) and kept for the process
-(a small LRU). ``use_cuda_graph=False`` (or ``XRAYGPT_CUDA_GRAPHS=0``) runs the identical step eagerly.
+Nothing captured depends on the prompt length: a runner (static cache + buffers) is kept per (batch size,
+cache length), a request reuses the smallest runner of its batch size that is long enough, and its decode steps
+are captured once per (decode settings, attention span) - at load time with :meth:`FastGenerator.warm_up`, so a
+chat replays captured steps from its first turn. ``use_cuda_graph=False`` (or ``XRAYGPT_CUDA_GRAPHS=0``) runs the
+identical step eagerly; ``XRAYGPT_DECODE_STEP=hf`` uses the transformers forward inside the step.
 Beam search and other ``generate`` options are not handled here: check :func:`unsupported_reason` first.
 """
 from __future__ import annotations
@@ -21,8 +25,9 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import threading
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -30,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xraygpt.models.regional_compile import compile_decoder_layers
+from xraygpt.models import llama_decode
 
 log = logging.getLogger(__name__)
 
@@ -148,21 +153,74 @@ def choose_next_tokens(logits: torch.Tensor, settings: DecodeSettings, seen: tor
     return (logits - torch.log(-torch.log(uniform))).argmax(dim=-1)
 
 
-class _DecodeRunner:
-    """Static buffers, KV cache and (optionally) the CUDA graph of one decode step for one batch shape."""
+class _EmitState:
+    """Buffers that depend on the decode settings (stop patterns, EOS ids); one per settings key."""
 
-    def __init__(self, llm: nn.Module, batch: int, cache_len: int, settings: DecodeSettings, use_graph: bool):
+    def __init__(self, settings: DecodeSettings, batch: int, device: torch.device):
+        longest_stop = max((len(s) for s in settings.stop_sequences), default=0)
+        self.recent = torch.full((batch, max(longest_stop, 1)), -1, dtype=torch.long, device=device)
+        self.stop_patterns = [torch.tensor(s, dtype=torch.long, device=device) for s in settings.stop_sequences]
+        self.eos = torch.tensor(settings.eos_token_ids or [-1], dtype=torch.long, device=device)
+
+
+class _Snapshot:
+    """Host copies of the tokens / stop flags after ``steps`` steps, copied without blocking the host."""
+
+    def __init__(self, runner: "_DecodeRunner"):
+        pin = runner.tokens.is_cuda
+        self.tokens = torch.empty(runner.tokens.shape, dtype=torch.long, pin_memory=pin)
+        self.finished = torch.empty(runner.finished.shape, dtype=torch.bool, pin_memory=pin)
+        self.finish_step = torch.empty(runner.finish_step.shape, dtype=torch.long, pin_memory=pin)
+        self.event = torch.cuda.Event() if pin else None
+        self.steps = 0
+
+    def take(self, runner: "_DecodeRunner", steps: int) -> "_Snapshot":
+        self.steps = steps
+        self.tokens.copy_(runner.tokens, non_blocking=True)
+        self.finished.copy_(runner.finished, non_blocking=True)
+        self.finish_step.copy_(runner.finish_step, non_blocking=True)
+        if self.event is not None:
+            self.event.record()
+        return self
+
+    def wait(self) -> "_Snapshot":
+        if self.event is not None:
+            self.event.synchronize()
+        return self
+
+
+def attention_spans(cache_len: int, smallest: int = 256) -> list[int]:
+    """Cache prefix lengths the decode step may attend over: powers of two from ``smallest``, then cache_len."""
+    spans, span = [], smallest
+    while span < cache_len:
+        spans.append(span)
+        span *= 2
+    return spans + [cache_len]
+
+
+class _DecodeRunner:
+    """Static buffers, KV cache and the captured steps for one (batch size, cache length).
+
+    Nothing here depends on the prompt length: a prompt only sets the write slot, positions and masks
+    (device tensors), so the decode steps captured once serve every later prompt. Captures are kept per
+    (decode settings, attention span), prefill captures per (settings, prompt length).
+    """
+
+    def __init__(self, llm: nn.Module, batch: int, cache_len: int, use_graph: bool, kernel=None, lag_slots: int = 3):
         from transformers import StaticCache
 
-        self.llm, self.batch, self.cache_len, self.settings = llm, batch, cache_len, settings
+        self.llm, self.batch, self.cache_len = llm, batch, cache_len
         self.use_graph = use_graph
-        self.decode_graph = GraphedCall(self._decode_step)
-        self.prefill_graphs: dict[int, GraphedCall] = {}
+        self.kernel = kernel  # llama_decode.LlamaDecodeStep, or None: the transformers forward
+        self.spans = attention_spans(cache_len) if kernel is not None else [cache_len]
+        self.decode_graphs: dict[tuple, GraphedCall] = {}
+        self.prefill_graphs: dict[tuple, GraphedCall] = {}
         self.cache_kw = _cache_kwarg_name(llm)
         self.cache = StaticCache(config=llm.config, max_cache_len=cache_len)
+        self.kv = None  # the cache's per-layer tensors, once the first prefill has allocated them
         embed = llm.get_input_embeddings()
         device, dtype = embed.weight.device, embed.weight.dtype
-        self.embed, self.dtype = embed, dtype
+        self.embed, self.dtype, self.device = embed, dtype, device
         vocab = embed.weight.shape[0]
         self.max_steps = cache_len  # upper bound on tokens a single call may produce with this cache
         z = dict(device=device)
@@ -175,26 +233,39 @@ class _DecodeRunner:
         self.tokens = torch.zeros(batch, cache_len, dtype=torch.long, **z)
         self.finished = torch.zeros(batch, dtype=torch.bool, **z)
         self.finish_step = torch.zeros(batch, dtype=torch.long, **z)
-        self.seen = torch.zeros(batch, vocab, dtype=torch.bool, **z) if settings.repetition_penalty != 1.0 else None
-        longest_stop = max((len(s) for s in settings.stop_sequences), default=0)
-        self.recent = torch.full((batch, max(longest_stop, 1)), -1, dtype=torch.long, **z)
-        self.stop_patterns = [torch.tensor(s, dtype=torch.long, **z) for s in settings.stop_sequences]
-        self.eos = torch.tensor(settings.eos_token_ids or [-1], dtype=torch.long, **z)
+        self.seen = torch.zeros(batch, vocab, dtype=torch.bool, **z)
         self.mask_min = torch.finfo(dtype).min
+        self.cos = self.sin = None
+        if kernel is not None:
+            self.cos, self.sin = kernel.rotary_table(cache_len, device, dtype)
+        self._emit_states: dict[tuple, _EmitState] = {}
+        self.settings: DecodeSettings | None = None
+        self.state: _EmitState | None = None
+        self.snapshots = [_Snapshot(self) for _ in range(lag_slots)]
+        self.slot_host = 0  # host copy of write_slot: the span of the next step is known without a sync
+
+    def use(self, settings: DecodeSettings) -> None:
+        """Switch to ``settings`` (their captured steps and stop buffers; built on first use)."""
+        key = settings.cache_key()
+        if key not in self._emit_states:
+            self._emit_states[key] = _EmitState(settings, self.batch, self.device)
+        self.settings, self.state = settings, self._emit_states[key]
 
     # -- one token for every row, from the logits of the last position; graph-safe -----------------------
     def _emit(self, logits: torch.Tensor) -> None:
-        s = self.settings
+        s, state = self.settings, self.state
         suppress = (self.step_index[0] < self.min_steps) if s.min_new_tokens else None
-        chosen = choose_next_tokens(logits.float(), s, self.seen, suppress, self.eos if s.eos_token_ids else None)
+        seen = self.seen if s.repetition_penalty != 1.0 else None
+        chosen = choose_next_tokens(logits.float(), s, seen, suppress, state.eos if s.eos_token_ids else None)
         chosen = torch.where(self.finished, s.pad_token_id, chosen)
         self.tokens.index_copy_(1, self.step_index, chosen[:, None])
-        if self.seen is not None:
+        if seen is not None:
             self.seen.scatter_(1, chosen[:, None], True)
-        self.recent.copy_(torch.cat([self.recent[:, 1:], chosen[:, None]], dim=1))
-        done_now = torch.isin(chosen, self.eos)
-        for pattern in self.stop_patterns:
-            done_now |= (self.recent[:, -len(pattern):] == pattern).all(dim=1)
+        done_now = torch.isin(chosen, state.eos)
+        if state.stop_patterns:
+            state.recent.copy_(torch.cat([state.recent[:, 1:], chosen[:, None]], dim=1))
+            for pattern in state.stop_patterns:
+                done_now |= (state.recent[:, -len(pattern):] == pattern).all(dim=1)
         done_now &= ~self.finished
         self.finish_step.copy_(torch.where(done_now, self.step_index, self.finish_step))
         self.finished |= done_now
@@ -205,12 +276,18 @@ class _DecodeRunner:
         zero = torch.zeros((), dtype=self.dtype, device=valid.device)
         return torch.where(valid, zero, torch.full_like(zero, self.mask_min))
 
-    def _decode_step(self) -> None:
+    def _decode_step(self, span: int) -> None:
         self.key_valid.index_fill_(1, self.write_slot, True)
         mask = self._additive_mask(self.key_valid)[:, None, None, :]
-        out = self.llm(inputs_embeds=self.next_embeds, attention_mask=mask, position_ids=self.position[:, None],
-                       use_cache=True, **{self.cache_kw: self.cache})
-        self._emit(out.logits[:, -1, :])
+        if self.kernel is not None and self.kv is not None:
+            cos = self.cos.index_select(0, self.position)[:, None, None, :]
+            sin = self.sin.index_select(0, self.position)[:, None, None, :]
+            logits = self.kernel(self.next_embeds, self.kv, cos, sin, self.write_slot, mask, span)
+        else:
+            out = self.llm(inputs_embeds=self.next_embeds, attention_mask=mask, position_ids=self.position[:, None],
+                           use_cache=True, **{self.cache_kw: self.cache})
+            logits = out.logits[:, -1, :]
+        self._emit(logits)
         self.position += 1
         self.write_slot += 1
 
@@ -221,12 +298,13 @@ class _DecodeRunner:
         self.tokens.fill_(self.settings.pad_token_id)
         self.finished.zero_()
         self.finish_step.fill_(self.max_steps)
-        self.recent.fill_(-1)
-        if self.seen is not None:
+        self.state.recent.fill_(-1)
+        if self.settings.repetition_penalty != 1.0:
             self.seen.zero_()
         self.step_index.zero_()
         self.min_steps.fill_(self.settings.min_new_tokens)
         self.write_slot.fill_(length)
+        self.slot_host = length
 
     def _prefill(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> None:
         """Run the prompt through the LLM and choose the first new token; graph-safe."""
@@ -247,20 +325,42 @@ class _DecodeRunner:
         """Reset, then prefill: replayed from a CUDA graph for a prompt length seen before."""
         length = inputs_embeds.shape[1]
         self._reset(length)
-        graphed = self.prefill_graphs.get(length)
-        if graphed is None and self.use_graph:
-            graphed = self.prefill_graphs[length] = GraphedCall(self._prefill)
+        key = (self.settings.cache_key(), length)
+        graphed = self.prefill_graphs.get(key)
         if graphed is None:
-            self._prefill(inputs_embeds, attention_mask)
-        else:
-            graphed(inputs_embeds, attention_mask)
+            graphed = self.prefill_graphs[key] = GraphedCall(self._prefill, enabled=self.use_graph)
+        graphed(inputs_embeds, attention_mask)
+        if self.kernel is not None and self.kv is None:
+            self.kv = llama_decode.cache_tensors(self.cache)
+            if self.kv is None:
+                log.warning("this transformers StaticCache layout is not known; decoding with the transformers forward")
+                self.kernel, self.spans = None, [self.cache_len]
+
+    def span_for(self, slot: int) -> int:
+        return next(s for s in self.spans if s > slot)
+
+    def decode_call(self, span: int) -> "GraphedCall":
+        """The (captured once, then replayed) decode step for these settings and this attention span."""
+        key = (self.settings.cache_key(), span)
+        graphed = self.decode_graphs.get(key)
+        if graphed is None:
+            graphed = self.decode_graphs[key] = GraphedCall(lambda: self._decode_step(span), enabled=self.use_graph)
+        return graphed
 
     def step(self) -> None:
         """Advance every row by one token: graph replay when captured, else the same ops eagerly."""
-        if self.use_graph:
-            self.decode_graph()
-        else:
-            self._decode_step()
+        self.decode_call(self.span_for(self.slot_host))()
+        self.slot_host += 1
+
+    def capture_decode(self) -> None:
+        """Warm-up: capture the decode step for every attention span now (junk tokens; the next prefill resets)."""
+        for span in self.spans:
+            start = max(span - 3, 0)
+            self.write_slot.fill_(start)
+            self.position.fill_(start)
+            self.slot_host = start
+            for _ in range(2):  # the first call runs eagerly, the second captures
+                self.step()
 
 
 class GraphedCall:
@@ -269,15 +369,23 @@ class GraphedCall:
     PyTorch needs a warm-up run before capture (lazy initialisation, cuBLAS workspaces), so a shape is captured
     at its second call. ``fn`` must not synchronise with the host; its outputs come from static buffers, so
     callers copy them out before the next call. A failed capture logs once and leaves the call eager.
+    With ``enabled=False`` (CPU, or graphs switched off) every call runs ``fn`` directly.
+    ``captures`` counts the graphs made, so reuse can be checked.
     """
 
-    def __init__(self, fn: Callable[..., torch.Tensor | None]):
+    def __init__(self, fn: Callable[..., torch.Tensor | None], enabled: bool = True):
         self.fn = fn
+        self.enabled = enabled
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], object]] = {}
         self._seen: set[tuple] = set()
         self.failed = False
+        self.calls = 0
+        self.captures = 0
 
     def __call__(self, *args: torch.Tensor):
+        self.calls += 1
+        if not self.enabled:
+            return self.fn(*args)
         # Autocast and grad mode change the captured kernels, so they are part of the key.
         key = (tuple((tuple(a.shape), a.dtype, a.device) for a in args), torch.is_grad_enabled(),
                torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
@@ -313,6 +421,7 @@ class GraphedCall:
             log.warning("CUDA graph capture of %s failed (%s); running it eagerly.", _name(self.fn), err)
             self.failed = True
             return None
+        self.captures += 1
         self._graphs[key] = (graph, inputs, outputs)
         return self._graphs[key]
 
@@ -321,16 +430,29 @@ def _name(fn) -> str:
     return getattr(fn, "__qualname__", repr(fn))
 
 
+def _env_flag(name: str, default: str) -> str:
+    return os.environ.get(name, default).strip().lower()
+
+
 class FastGenerator:
-    """Decoder for one LLM; keeps its captured steps for the life of the process (an LRU of ``max_runners``)."""
+    """Decoder for one LLM; keeps its runners (caches + captured steps) for the life of the process.
+
+    A request reuses the smallest existing runner of its batch size whose cache is long enough, so after
+    :meth:`warm_up` every prompt of a chat replays steps captured at load time. Requests are serialised
+    (one lock): runners hold one request's state at a time.
+    """
 
     def __init__(self, llm: nn.Module, use_cuda_graph: bool | None = None, cache_len_multiple: int = 128,
-                 max_runners: int = 4, sync_every: int = 16, prompt_len_multiple: int = 16,
-                 compile_layers: bool | None = None):
+                 max_runners: int = 4, sync_every: int = 8, stream_every: int = 4, first_tokens_now: int = 6,
+                 prompt_len_multiple: int = 16,
+                 compile_layers: bool | None = None, step: str | None = None):
         if use_cuda_graph is None:
-            use_cuda_graph = os.environ.get("XRAYGPT_CUDA_GRAPHS", "1") != "0"
+            use_cuda_graph = _env_flag("XRAYGPT_CUDA_GRAPHS", "1") != "0"
         if compile_layers is None:
-            compile_layers = os.environ.get("XRAYGPT_COMPILE_DECODE", "0") == "1"
+            compile_layers = _env_flag("XRAYGPT_COMPILE_DECODE", "1") != "0"
+        step = step or _env_flag("XRAYGPT_DECODE_STEP", "fused")
+        if step not in ("fused", "modules", "hf"):
+            raise ValueError(f"XRAYGPT_DECODE_STEP must be fused, modules or hf, got {step!r}")
         self.llm = llm
         self.use_cuda_graph = use_cuda_graph
         self.compile_layers = compile_layers
@@ -338,30 +460,87 @@ class FastGenerator:
         self.cache_len_multiple = cache_len_multiple
         self.max_runners = max_runners
         self.sync_every = sync_every
+        self.stream_every = stream_every
+        self.first_tokens_now = first_tokens_now
+        self.step_kind = step
+        self._kernel = None
+        self._lock = threading.Lock()
         self._runners: OrderedDict[tuple, _DecodeRunner] = OrderedDict()
+        self.runners_built = 0
 
-    def _runner(self, batch: int, needed_len: int, settings: DecodeSettings, device: torch.device) -> _DecodeRunner:
-        cache_len = -(-needed_len // self.cache_len_multiple) * self.cache_len_multiple
+    def _step_kernel(self, device: torch.device):
+        """The decode-step implementation for this LLM (built once, on first use)."""
+        if self.step_kind == "hf":
+            return None
+        if self._kernel is None:
+            reason = llama_decode.supported(self.llm)
+            if reason:
+                log.info("decode step: transformers forward (%s)", reason)
+                self.step_kind = "hf"
+                return None
+            compile_blocks = self.compile_layers and device.type == "cuda"
+            self._kernel = llama_decode.LlamaDecodeStep(self.llm, fuse=self.step_kind == "fused",
+                                                        compile_blocks=compile_blocks)
+        return self._kernel
+
+    def _runner(self, batch: int, needed_len: int, device: torch.device) -> _DecodeRunner:
         use_graph = self.use_cuda_graph and device.type == "cuda"
-        key = (batch, cache_len, settings.cache_key(), use_graph)
-        runner = self._runners.pop(key, None)
-        if runner is None:
-            while len(self._runners) >= self.max_runners:
-                self._runners.popitem(last=False)
-            runner = _DecodeRunner(self.llm, batch, cache_len, settings, use_graph)
-        self._runners[key] = runner
-        runner.settings = settings  # same cache_key; carries this call's min/max_new_tokens
+        fits = [k for k in self._runners if k[0] == batch and k[1] >= needed_len and k[2] == use_graph]
+        if fits:
+            key = min(fits, key=lambda k: k[1])
+            self._runners.move_to_end(key)
+            return self._runners[key]
+        cache_len = -(-needed_len // self.cache_len_multiple) * self.cache_len_multiple
+        while len(self._runners) >= self.max_runners:
+            self._runners.popitem(last=False)
+        kernel = self._step_kernel(device)
+        runner = _DecodeRunner(self.llm, batch, cache_len, use_graph, kernel)
+        self._runners[(batch, cache_len, use_graph)] = runner
+        self.runners_built += 1
         return runner
+
+    @torch.no_grad()
+    def warm_up(self, batch: int, cache_len: int, generation_kwargs: Sequence[dict] = ({},)) -> float:
+        """Build the runner for (batch, cache_len) and capture its decode steps for each settings; seconds taken.
+
+        Pay this at load time: afterwards every request of this batch size whose prompt + new tokens fit in
+        ``cache_len`` replays captured decode steps from its first token.
+        """
+        import time
+
+        started = time.perf_counter()
+        embed = self.llm.get_input_embeddings()
+        device = embed.weight.device
+        with self._lock:
+            runner = self._runner(batch, cache_len, device)
+            length = self.prompt_len_multiple
+            for kwargs in generation_kwargs:
+                settings = DecodeSettings.resolve(self.llm, {"max_new_tokens": 2, **kwargs})
+                runner.use(settings)
+                embeds = torch.randn(batch, length, embed.weight.shape[1], device=device, dtype=embed.weight.dtype)
+                mask = torch.ones(batch, length, dtype=torch.long, device=device)
+                runner.prefill(embeds * 0.02, mask)
+                runner.capture_decode()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - started
+
+    def captures(self) -> int:
+        """CUDA graphs captured so far over all runners (0 on CPU)."""
+        return sum(g.captures for r in self._runners.values()
+                   for g in (*r.decode_graphs.values(), *r.prefill_graphs.values()))
 
     @torch.no_grad()
     def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  stop_strings: Sequence[str] | None = None, tokenizer=None, streamer=None,
-                 **generation_kwargs) -> torch.Tensor:
+                 cancel: threading.Event | None = None, **generation_kwargs) -> torch.Tensor:
         """Return the new token ids [B, n] (n <= max_new_tokens), padded with pad_token_id after a row stops.
 
         ``stop_strings`` (with ``tokenizer``) end a row once its decoded text contains one of them; the check
         runs on the host every ``sync_every`` steps and cuts the row at the token that completed the string.
-        ``streamer`` (batch 1) receives each new token like HF's streamers (``put`` / ``end``).
+        ``streamer`` (batch 1) receives the new tokens like HF's streamers (``put`` / ``end``): the first one
+        right after the prompt, then every ``stream_every`` tokens. The host reads results one chunk behind
+        the GPU (asynchronous copies), so the GPU never waits for Python. ``cancel`` (an Event) stops early.
         """
         reason = unsupported_reason({**generation_kwargs, "max_new_tokens": generation_kwargs.get("max_new_tokens")})
         if reason:
@@ -380,39 +559,77 @@ class FastGenerator:
             inputs_embeds = F.pad(inputs_embeds, (0, 0, extra, 0))
             attention_mask = F.pad(attention_mask, (extra, 0))
             length += extra
-        if self.compile_layers and inputs_embeds.is_cuda:
-            compile_decoder_layers(self.llm)
-        runner = self._runner(batch, length + settings.max_new_tokens, settings, inputs_embeds.device)
-        runner.prefill(inputs_embeds, attention_mask)
-        cut = torch.full((batch,), settings.max_new_tokens, dtype=torch.long)  # host-side stop_strings cuts
-        steps, checked = 1, 0
-        while True:
+        with self._lock:
+            runner = self._runner(batch, length + settings.max_new_tokens, inputs_embeds.device)
+            runner.use(settings)
+            runner.prefill(inputs_embeds, attention_mask)
+            steps, cut = self._decode_loop(runner, settings, stop_strings, tokenizer, streamer, cancel)
             if streamer is not None:
-                streamer.put(runner.tokens[:, steps - 1].cpu())
-            at_end = steps >= settings.max_new_tokens
-            if at_end or streamer is not None or steps % self.sync_every == 0:
-                finished = runner.finished.cpu()
-                if stop_strings:
-                    checked = _cut_at_stop_strings(runner, tokenizer, stop_strings, cut, finished, checked, steps)
-                if at_end or bool((finished | (cut < settings.max_new_tokens)).all()):
-                    break
-            runner.step()
-            steps += 1
-        if streamer is not None:
-            streamer.end()
-        ends = torch.minimum(runner.finish_step.cpu() + 1, cut)
-        n = int(min(ends.max().item(), steps))
-        out = runner.tokens[:, :n].clone()
+                streamer.end()
+            ends = torch.minimum(runner.finish_step.cpu() + 1, cut)
+            n = int(min(ends.max().item(), steps))
+            out = runner.tokens[:, :n].clone()
         late = torch.arange(n, device=out.device)[None, :] >= ends.to(out.device)[:, None]
         return out.masked_fill_(late, settings.pad_token_id)
 
+    def _decode_loop(self, runner: _DecodeRunner, settings: DecodeSettings, stop_strings, tokenizer, streamer,
+                     cancel) -> tuple[int, torch.Tensor]:
+        """Step until every row stopped; returns (steps run, host-side stop-string cuts)."""
+        limit = settings.max_new_tokens
+        chunk = self.stream_every if streamer is not None else self.sync_every
+        cut = torch.full((runner.batch,), limit, dtype=torch.long)
+        pending: deque[_Snapshot] = deque()
+        ring = runner.snapshots
+        taken, streamed, checked, steps = 0, 0, 0, 1
 
-def _cut_at_stop_strings(runner: _DecodeRunner, tokenizer, stop_strings: Sequence[str], cut: torch.Tensor,
-                         finished: torch.Tensor, checked: int, steps: int) -> int:
-    """Find, for rows still running, the first token whose prefix text contains a stop string."""
-    tokens = runner.tokens[:, :steps].cpu()
+        def snapshot() -> None:
+            nonlocal taken
+            pending.append(ring[taken % len(ring)].take(runner, steps))
+            taken += 1
+
+        def due() -> bool:
+            """Look at the oldest results once a newer chunk is queued behind them; a stream's first tokens at once."""
+            if not pending:
+                return False
+            head = pending[0].steps
+            return (len(pending) >= len(ring) - 1 or steps >= limit or head == 1
+                    or (streamer is not None and head <= self.first_tokens_now))
+
+        snapshot()
+        while True:
+            while due():
+                snap = pending.popleft().wait()
+                s = snap.steps
+                if stop_strings:
+                    checked = _cut_at_stop_strings(runner, snap.tokens, tokenizer, stop_strings, cut,
+                                                   snap.finished, checked, s, limit)
+                if streamer is not None:
+                    end = min(s, int(snap.finish_step[0]) + 1 if snap.finished[0] else s, int(cut[0]))
+                    if end > streamed:
+                        streamer.put(snap.tokens[0, streamed:end].clone())
+                        streamed = end
+                if bool((snap.finished | (cut < limit)).all()) or (cancel is not None and cancel.is_set()):
+                    return steps, cut
+            if steps >= limit:
+                return steps, cut
+            runner.step()
+            steps += 1
+            if steps % chunk == 0 or steps >= limit or (streamer is not None and steps <= self.first_tokens_now):
+                snapshot()
+
+
+def _cut_at_stop_strings(runner: _DecodeRunner, tokens: torch.Tensor, tokenizer, stop_strings: Sequence[str],
+                         cut: torch.Tensor, finished: torch.Tensor, checked: int, steps: int, limit: int) -> int:
+    """Find, for rows still running, the first token whose prefix text contains a stop string.
+
+    ``tokens`` are host copies; one decode per row tells whether a stop string appeared at all, and only then
+    are the prefixes since the last check decoded to find the token that completed it.
+    """
     for row in range(tokens.shape[0]):
-        if finished[row] or cut[row] < runner.settings.max_new_tokens:
+        if finished[row] or cut[row] < limit:
+            continue
+        text = tokenizer.decode(tokens[row, :steps], skip_special_tokens=True)
+        if not any(stop in text for stop in stop_strings):
             continue
         for end in range(checked + 1, steps + 1):
             text = tokenizer.decode(tokens[row, :end], skip_special_tokens=True)
@@ -441,19 +658,40 @@ def fast_generate(llm: nn.Module, inputs_embeds: torch.Tensor, attention_mask: t
 
 
 def generate(model: nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
-             **generation_kwargs) -> torch.Tensor:
+             cancel: threading.Event | None = None, **generation_kwargs) -> torch.Tensor:
     """The model's decode seam: fast path on CUDA for what it supports, transformers ``generate`` otherwise.
 
     ``model`` is the multimodal model (its LLM is ``model.llama_model``) or the LLM itself.
-    Returns the new token ids [B, n] either way.
+    ``cancel`` (an Event) ends generation early on either path. Returns the new token ids [B, n] either way.
     """
     llm = getattr(model, "llama_model", model)
     reason = unsupported_reason(generation_kwargs)
     if inputs_embeds.device.type == "cuda" and reason is None and not _is_peft(llm):
-        return fast_generate(llm, inputs_embeds, attention_mask, **generation_kwargs)
+        return get_fast_generator(llm).generate(inputs_embeds, attention_mask, cancel=cancel, **generation_kwargs)
     if reason and inputs_embeds.device.type == "cuda":
         log.info("fast generation not used: %s", reason)
-    return llm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generation_kwargs)
+    return llm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                        **with_cancel_criterion(generation_kwargs, cancel))
+
+
+class CancelCriterion:
+    """A transformers stopping criterion that ends generation once ``event`` is set (abandoned streams)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def with_cancel_criterion(generation_kwargs: dict, cancel: threading.Event | None) -> dict:
+    """``generation_kwargs`` for transformers ``generate`` with ``cancel`` added as a stopping criterion."""
+    if cancel is None:
+        return generation_kwargs
+    from transformers import StoppingCriteriaList
+
+    criteria = StoppingCriteriaList(list(generation_kwargs.get("stopping_criteria") or []) + [CancelCriterion(cancel)])
+    return {**generation_kwargs, "stopping_criteria": criteria}
 
 
 def _is_peft(llm: nn.Module) -> bool:

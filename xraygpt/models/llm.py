@@ -56,20 +56,50 @@ def load_tokenizer(path: str | Path):
     return tokenizer
 
 
-def _eight_bit_kwargs(device: int) -> dict:
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as exc:
-        raise RuntimeError(
-            "model.low_resource: true loads the LLM in 8-bit through bitsandbytes, which is not installed "
-            "(pip install bitsandbytes; it needs a CUDA GPU). Set low_resource: false to load it in bf16/fp32."
-        ) from exc
+def _installed(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def low_resource_backend(requested: str) -> str:
+    """Which int8 backend ``model.low_resource`` uses: torchao when installed (auto), else bitsandbytes."""
     if not torch.cuda.is_available():
-        raise RuntimeError("model.low_resource: true (8-bit LLM) needs a CUDA GPU and none is visible; set low_resource: false on CPU")
+        raise RuntimeError("model.low_resource: true (int8 LLM) needs a CUDA GPU and none is visible; set low_resource: false on CPU")
+    if requested == "auto":
+        requested = "torchao" if _installed("torchao") else "bitsandbytes" if _installed("bitsandbytes") else ""
+        if not requested:
+            raise RuntimeError(
+                "model.low_resource: true needs torchao (pip install 'xraygpt[int8]', i.e. torchao==0.17.0) or "
+                "bitsandbytes, and neither is installed; or set low_resource: false"
+            )
+    if not _installed(requested):
+        extra = "pip install 'xraygpt[int8]' (torchao==0.17.0)" if requested == "torchao" else "pip install bitsandbytes"
+        raise RuntimeError(f"model.low_resource_backend: {requested}, but {requested} is not installed ({extra}); or set low_resource: false")
+    return requested
+
+
+def _eight_bit_kwargs(device: int) -> dict:
     from transformers import BitsAndBytesConfig
 
     return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": {"": device}}
 
+
+def quantize_int8_weight_only(model: nn.Module, device: torch.device) -> nn.Module:
+    """torchao int8 weight-only linears, one decoder block at a time on ``device`` (peak: int8 + one bf16 block).
+
+    Why torchao: it runs wherever torch runs on CUDA (no separate CUDA build like bitsandbytes), and its
+    tensors work inside CUDA graphs and torch.compile, so the fast decode path serves the int8 model too.
+    """
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    config = Int8WeightOnlyConfig()
+    for layer in model.get_decoder().layers:
+        layer.to(device)
+        quantize_(layer, config)
+    model.to(device)
+    quantize_(model.lm_head, config)
+    return model
 
 def load_language_model(cfg: MiniGPT4Config, vocab_size: int) -> nn.Module:
     """From ``cfg.llama_model`` (a local HF folder, sharded .bin or safetensors) or ``cfg.llama_config`` (random init)."""
@@ -84,9 +114,14 @@ def load_language_model(cfg: MiniGPT4Config, vocab_size: int) -> nn.Module:
                 "(config.json, tokenizer.model, pytorch_model-*.bin or *.safetensors shards) or point model.llama_model at them"
             )
         kwargs: dict = {"dtype": dtype, "attn_implementation": cfg.attn_implementation, "local_files_only": True}
-        if cfg.low_resource:
+        backend = low_resource_backend(cfg.low_resource_backend) if cfg.low_resource else None
+        if backend == "bitsandbytes":
             kwargs.update(_eight_bit_kwargs(cfg.device_8bit), dtype=torch.float16)
+        elif backend == "torchao":
+            kwargs.update(dtype=torch.bfloat16)
         model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+        if backend == "torchao":
+            model = quantize_int8_weight_only(model, torch.device(f"cuda:{cfg.device_8bit}"))
     else:  # MiniGPT4Config guarantees llama_config here
         if cfg.low_resource:
             raise ConfigError("model.low_resource (8-bit) needs pretrained weights in model.llama_model, not llama_config")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -277,13 +278,46 @@ class MiniGPT4(nn.Module):
         The seam for the CUDA fast path: ``model.use_fast_generation`` routes here
         to ``xraygpt.models.fast_generation.generate(model, inputs_embeds, attention_mask, **kwargs)``.
         """
+        from xraygpt.models import fast_generation
+
+        cancel = kwargs.pop("cancel", None)
         if self.config.use_fast_generation:
-            try:
-                from xraygpt.models import fast_generation
-            except ImportError as exc:
-                raise RuntimeError(f"model.use_fast_generation: true, but the fast decode path cannot be imported ({exc}); set it to false") from exc
-            return fast_generation.generate(self, inputs_embeds, attention_mask, **kwargs)
-        return self.llama_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+            return fast_generation.generate(self, inputs_embeds, attention_mask, cancel=cancel, **kwargs)
+        return self.llama_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                         **fast_generation.with_cancel_criterion(kwargs, cancel))
+
+    @torch.no_grad()
+    def warm_up(self, batch_size: int = 1, prompt: str = "Describe the given chest x-ray image in detail.",
+                generation_kwargs: Sequence[Mapping[str, Any]] = ({},), cache_len: Optional[int] = None) -> float:
+        """Pay the first-request costs now (CUDA only; seconds taken): graphed image encoder, decode captures.
+
+        ``generation_kwargs`` are the decode settings to capture (each is a separate captured step);
+        ``cache_len`` is the longest prompt + answer to serve without a new capture (default: the LLM window
+        at batch 1, for a chat; this prompt + ``max_new_tokens`` otherwise).
+        """
+        if self.device.type != "cuda" or not self.config.use_fast_generation:
+            return 0.0
+        from xraygpt.models import fast_generation
+
+        started = time.perf_counter()
+        image = torch.randn(batch_size, 3, self.config.image_size, self.config.image_size, device=self.device)
+        for _ in range(2):  # the second call captures the frozen encoder's graph
+            embeds, _mask = self.prepare_generation_inputs(image, [prompt] * batch_size)
+        settings = [self._generation_kwargs(dict(kw)) for kw in generation_kwargs]
+        for kw in settings:
+            for name in ("stop_strings", "tokenizer"):
+                kw.pop(name, None)
+        generator = fast_generation.get_fast_generator(self.llama_model)
+        if cache_len is None:  # as a request computes it, with the prompt left-padded to the prompt multiple
+            multiple = generator.prompt_len_multiple
+            window = int(getattr(self.llama_model.config, "max_position_embeddings", 2048))
+            longest = max(int(kw.get("max_new_tokens", 300)) for kw in settings)
+            cache_len = window + multiple if batch_size == 1 else -(-embeds.shape[1] // multiple) * multiple + longest
+        generator.warm_up(batch_size, cache_len, settings)
+        seconds = time.perf_counter() - started
+        logger.info("warm-up at batch %d: %.1f s (decode steps captured for a %d-token cache, %d setting(s))",
+                    batch_size, seconds, cache_len, len(settings))
+        return seconds
 
     @torch.no_grad()
     def generate(

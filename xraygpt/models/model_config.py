@@ -19,6 +19,7 @@ T = TypeVar("T")
 
 DEFAULT_PROMPT_TEMPLATE = "###Patient: {} ###Doctor: "
 DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
+LOW_RESOURCE_BACKENDS = ("auto", "torchao", "bitsandbytes")
 
 
 @dataclass
@@ -66,7 +67,9 @@ class MiniGPT4Config:
     attn_implementation: str = "sdpa"
     freeze_llm: bool = True
     low_resource: bool = False
-    """Load the LLM in 8-bit (bitsandbytes, CUDA only)."""
+    """Load the LLM with int8 weights (CUDA only): torchao weight-only int8, or bitsandbytes 8-bit."""
+    low_resource_backend: str = "auto"
+    """``auto`` (torchao when installed, else bitsandbytes), ``torchao`` or ``bitsandbytes``."""
     device_8bit: int = 0
     lora: Optional[LoraSettings] = None
 
@@ -98,6 +101,8 @@ class MiniGPT4Config:
         for key in ("vit_precision", "llm_dtype"):
             if getattr(self, key) not in DTYPE_CHOICES:
                 raise ValueError(f"model.{key} must be one of {DTYPE_CHOICES}, got {getattr(self, key)!r}")
+        if self.low_resource_backend not in LOW_RESOURCE_BACKENDS:
+            raise ValueError(f"model.low_resource_backend must be one of {LOW_RESOURCE_BACKENDS}, got {self.low_resource_backend!r}")
         if self.prompt_template.count("{}") != 1:
             raise ValueError(f"model.prompt_template must contain exactly one '{{}}', got {self.prompt_template!r}")
         if self.max_txt_len < 1 or self.num_query_token < 1:

@@ -25,10 +25,20 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, Dataset
 
 from xraygpt.common import checkpointing as ckpt
+from xraygpt.common.dist_utils import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    init_distributed,
+)
 from xraygpt.common.fileio import atomic_write_text, atomic_write_with
-from xraygpt.common.dist_utils import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed
 from xraygpt.common.optims import build_optimizer, build_scheduler
+from xraygpt.common.errors import ConfigurationError
 from xraygpt.common.registry import registry
+from xraygpt.runners import distributed_checkpoint as dcp_ckpt
+from xraygpt.runners import fsdp
 from xraygpt.runners.feature_cache import (
     FeatureCache,
     FeatureCacheError,
@@ -160,8 +170,25 @@ class RunnerBase:
         )
         return BatchStream(SeededSamples(dataset, rc.seed), sampler, rc.num_workers, self.device.type == "cuda")
 
+    @property
+    def _sharded(self) -> bool:
+        return self.run_cfg.strategy == "fsdp"
+
+    def _prepare_parallel(self) -> None:
+        """Activation checkpointing and, with ``run.strategy: fsdp``, FSDP2 (before the optimizer sees the weights)."""
+        rc = self.run_cfg
+        if rc.activation_checkpointing:
+            logger.info("activation checkpointing: %d decoder layers", fsdp.checkpoint_decoder_layers(self.model))
+        if self._sharded:
+            if rc.valid_generate and self.dist.distributed:
+                raise ConfigurationError(
+                    "run.valid_generate generates on rank 0 alone, which a sharded model cannot do: set it to 0 with "
+                    "run.strategy: fsdp on several processes and score model_best.safetensors with xraygpt.evaluate"
+                )
+            fsdp.shard_model(self.model, rc, self.dist)
+
     def _wrap(self) -> torch.nn.Module:
-        if not self.dist.distributed:
+        if not self.dist.distributed or self._sharded:
             return self.model
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(self.model, device_ids=device_ids)
@@ -174,7 +201,9 @@ class RunnerBase:
         if accum < 1:
             raise ValueError(f"run.accum_grad_iters must be >= 1, got {accum}")
         iters_per_epoch = int(rc.iters_per_epoch or max(stream.batches_per_epoch // accum, 1))
-        optimizer = build_optimizer(self.model, rc)
+        self._prepare_parallel()
+        fused = True if self._sharded and self.device.type == "cuda" else None
+        optimizer = build_optimizer(self.model, rc, fused=fused)
         scheduler = build_scheduler(optimizer, rc, iters_per_epoch)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         state = TrainState()
@@ -291,17 +320,22 @@ class RunnerBase:
             sums += torch.tensor([float(output["loss"]) * weight, weight], dtype=torch.float64)
         all_reduce_sum(sums)
         metrics = {"loss": float(sums[0] / max(float(sums[1]), 1e-12))}
-        metrics.update(self.task.generation_metrics(self, self._split(names, images=True)))
+        with fsdp.gathered_root(self.model) if self.run_cfg.valid_generate else contextlib.nullcontext():
+            metrics.update(self.task.generation_metrics(self, self._split(names, images=True)))
         model.train()
         return metrics
 
     def _export_best_weights(self, state: TrainState) -> None:
         """``<job>/model_best.safetensors``: the best (else last) trainable weights, for ``model.ckpt``."""
-        if not self.dist.is_main:
+        if not self.dist.is_main or not self.run_cfg.save_checkpoints:
             return
         name = state.best_checkpoint or self._checkpoint_path(state).name
         source = self.ckpt_dir / name / ckpt.WEIGHTS_FILE
         target = self.job_dir / "model_best.safetensors"
+        if self._sharded:
+            dcp_ckpt.export_weights(self.ckpt_dir / name, target)
+            logger.info("weights of %s gathered into %s (use it as model.ckpt)", name, target)
+            return
         atomic_write_with(target, lambda tmp: shutil.copyfile(source, tmp))
         logger.info("weights of %s exported to %s (use it as model.ckpt)", name, target)
 
@@ -320,7 +354,7 @@ class RunnerBase:
     # ------------------------------------------------------------- checkpoints
     def _training_state(self, state: TrainState, optimizer, scheduler, scaler, stream: BatchStream) -> Dict[str, Any]:
         return {
-            "optimizer": optimizer.state_dict(),
+            "optimizer": {} if self._sharded else optimizer.state_dict(),  # sharded: in the DCP files
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else {},
             "rng": ckpt.capture_rng_state(),
@@ -332,27 +366,33 @@ class RunnerBase:
 
     def _all_ranks(self, value: Any) -> List[Any]:
         """``value`` of every rank (data positions differ when ranks skipped different bad samples)."""
-        if not self.dist.distributed:
-            return [value]
-        import torch.distributed as dist
-
-        gathered: List[Any] = [None] * self.dist.world_size
-        dist.all_gather_object(gathered, value)
-        return gathered
+        return all_gather_objects(value)
 
     def _checkpoint_path(self, state: TrainState) -> Path:
         return self.ckpt_dir / f"step_{state.global_step:08d}"
 
     def _save(self, state: TrainState, optimizer, scheduler, scaler, stream: BatchStream) -> Path:
         path = self._checkpoint_path(state)
+        if not self.run_cfg.save_checkpoints:
+            return path
         training_state = self._training_state(state, optimizer, scheduler, scaler, stream)  # collective under DDP
+        meta = {"global_step": state.global_step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch}
+        if self._sharded:
+            dcp_ckpt.save_sharded_checkpoint(path, self.model, optimizer, training_state=training_state,
+                                             config_yaml=self.cfg.to_yaml(), meta=meta, is_main=self.dist.is_main)
+            if self.dist.is_main:
+                logger.info("saved sharded checkpoint %s", path)
+                self.log.write("checkpoint", state.global_step, {"path": str(path)})
+                self._prune(state)
+            barrier()
+            return path
         if self.dist.is_main:
             ckpt.save_checkpoint(
                 path,
                 weights=trainable_state_dict(self.model),
                 training_state=training_state,
                 config_yaml=self.cfg.to_yaml(),
-                meta={"global_step": state.global_step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch},
+                meta=meta,
             )
             logger.info("saved checkpoint %s", path)
             self.log.write("checkpoint", state.global_step, {"path": str(path)})
@@ -379,15 +419,28 @@ class RunnerBase:
             )
 
     def _resume(self, path: Path, optimizer, scheduler, scaler, stream: BatchStream) -> TrainState:
+        if self._sharded or dcp_ckpt.is_sharded_checkpoint(path):
+            return self._resume_from(path, dcp_ckpt.load_sharded_checkpoint(path, self.model, optimizer),
+                                     scheduler, scaler, stream)
         loaded = ckpt.load_checkpoint(path)
         self.load_trainable_weights(loaded["weights"], source=path)
         training = loaded["training_state"]
+        try:
+            optimizer.load_state_dict(training["optimizer"])
+        except (KeyError, ValueError) as exc:
+            raise ckpt.CheckpointError(
+                f"checkpoint {path} does not fit this run's optimizer/schedule ({exc}); "
+                "was it written with different trainable parts or run settings?"
+            ) from exc
+        return self._resume_from(path, training, scheduler, scaler, stream)
+
+    def _resume_from(self, path: Path, training: Dict[str, Any], scheduler, scaler, stream: BatchStream) -> TrainState:
+        """Schedule, scaler, RNG, counters and data position from a loaded training state."""
         saved_world = int(training.get("world_size", 1))
         if saved_world != self.dist.world_size:
             logger.warning("checkpoint was written by %d process(es), resuming on %d: the data order changes",
                            saved_world, self.dist.world_size)
         try:
-            optimizer.load_state_dict(training["optimizer"])
             scheduler.load_state_dict(training["scheduler"])
             if scaler.is_enabled() and training["scaler"]:
                 scaler.load_state_dict(training["scaler"])
@@ -445,8 +498,10 @@ class RunnerBase:
         logger.info("epoch %d/%d step %d/%d | loss %.4f | lr %.3e | %.1f samples/s | ETA %s", epoch + 1,
                     self.run_cfg.max_epoch, state.step_in_epoch, iters, loss, lr,
                     rate * self.dist.world_size, eta)
-        self.log.write("train", state.global_step, {"epoch": epoch, "loss": loss, "lr": lr,
-                                                    "samples_per_s": rate * self.dist.world_size})
+        record = {"epoch": epoch, "loss": loss, "lr": lr, "samples_per_s": rate * self.dist.world_size}
+        if self.device.type == "cuda":  # this process's peak since the start (benchmarks/llm_finetune.py reads it)
+            record["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        self.log.write("train", state.global_step, record)
 
     def _report_skipped(self, stream: BatchStream) -> None:
         counts = torch.tensor([stream.skipped_samples], dtype=torch.float64)

@@ -1,0 +1,1 @@
+"""An OpenAI-compatible chat-completions API for the model, with continuous batching (docs/serving.md)."""

@@ -1,0 +1,3 @@
+from xraygpt.serve.cli import cli
+
+cli()
