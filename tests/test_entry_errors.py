@@ -35,6 +35,11 @@ CASES: Dict[str, tuple] = {
     "encoder-pretraining-typo": (["-m", "xraygpt.tasks.encoder_pretraining", "--cfg-path", TRAIN_CFG,
                                   "--options", README_TYPO], "did you mean 'storage'"),
     "train-run-typo": (["train.py", "--cfg-path", TRAIN_CFG, "--options", "run.init_Lr=1e-4"], "did you mean 'init_lr'"),
+    "serve-typo": (["-m", "xraygpt.serve", "--cfg-path", TRAIN_CFG, "--options", README_TYPO], "did you mean 'storage'"),
+    "export-typo": (["-m", "xraygpt.export", "--cfg-path", TRAIN_CFG, "--options", README_TYPO, "--to", "hf-blip2",
+                     "{tmp}/exported"], "did you mean 'storage'"),
+    "export-no-weights": (["-m", "xraygpt.export", "--cfg-path", EVAL_CFG, "--to", "hf-blip2", "{tmp}/exported"],
+                          "weights/eva_vit_g.pth"),
     # weight files that are not there
     "train-no-weights": (["train.py", "--cfg-path", TRAIN_CFG, "--options", "datasets.phantoms.build_info.storage={phantoms}",
                           "model.vit_path={tmp}/missing_vit.pth"], "missing_vit.pth"),
