@@ -61,7 +61,7 @@ def test_separate_split_files_and_absolute_image_paths(tmp_path):
     root = _merged_folder(tmp_path / "set")
     outside = _image(tmp_path / "elsewhere" / "abs.png")
     (root / "filter_cap_test.json").write_text(json.dumps([{"image": str(outside), "prompt": "q", "caption": "c"}]))
-    datasets = _build("roco", root)
+    datasets = _build("roco", root, build_info={"allow_outside_paths": True})  # refused without it
     assert set(datasets) == {"train", "test"} and len(datasets["test"]) == 1
     assert datasets["test"][0]["image_id"] == "abs"
 

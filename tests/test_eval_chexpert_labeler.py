@@ -100,3 +100,40 @@ def test_label_reports_is_elementwise():
     assert label_reports(["Cardiomegaly.", "No cardiomegaly."]) == [
         label_report("Cardiomegaly."), label_report("No cardiomegaly.")
     ]
+
+
+# Issue 13: the CheXpert labeler's documented conventions (each case is one rule, not a dev-set report).
+CHEXPERT_CONVENTIONS = [
+    ("Stable cardiomediastinal silhouette.", {"Enlarged Cardiomediastinum": UNCERTAIN, "No Finding": None}),
+    ("Heart size is stable.", {"Cardiomegaly": UNCERTAIN}),
+    ("Heart size is upper limits of normal.", {"Cardiomegaly": UNCERTAIN}),
+    ("Heart size within normal limits.", {"Cardiomegaly": NEGATIVE, "No Finding": POSITIVE}),  # CheXpert: 1
+    ("Unremarkable mediastinal contour.", {"Enlarged Cardiomediastinum": NEGATIVE}),  # CheXpert: 1
+    ("Mild degenerative changes of the thoracic spine.", {"No Finding": None}),
+    ("Calcified granuloma in the right upper lobe.", {"No Finding": None, "Lung Lesion": None}),
+    ("Hyperinflated lungs compatible with emphysema.", {"No Finding": None}),
+    ("No degenerative change.", {"No Finding": POSITIVE}),
+    ("Surgical clips in the right axilla.", {"Support Devices": None, "No Finding": POSITIVE}),
+    ("Coronary artery stent.", {"Support Devices": None}),
+    ("Multiple endplate osteophytes.", {"Support Devices": None}),
+    ("Minimal platelike atelectasis left base.", {"Support Devices": None, "Atelectasis": POSITIVE}),
+    ("Right upper lobe scarring.", {"Lung Opacity": POSITIVE}),
+    ("Coarse interstitial markings.", {"Lung Opacity": POSITIVE}),
+    ("Calcific density projecting over the right upper lung.", {"Lung Opacity": None}),
+    ("Interval clearing of the bibasilar opacities.", {"Lung Opacity": NEGATIVE}),
+    ("Indistinct vascular margination may be secondary to crowding, infiltrates or edema.",
+     {"Lung Opacity": UNCERTAIN, "Edema": UNCERTAIN}),
+    ("Bibasilar atelectasis or scarring.", {"Atelectasis": UNCERTAIN, "Lung Opacity": UNCERTAIN}),
+    ("Blunting of the left costophrenic angle.", {"Pleural Effusion": None, "No Finding": None}),
+    ("Right lower lobe infiltrate concerning for infection.", {"Pneumonia": UNCERTAIN}),
+    ("No evidence of active infection.", {"Pneumonia": NEGATIVE}),
+    ("Calcified granulomas compatible with old granulomatous infection.", {"Pneumonia": None}),
+    ("Mild pulmonary vascular congestion.", {"Edema": UNCERTAIN}),
+    ("Question of this could be developing or resolving pneumonia.", {"Pneumonia": UNCERTAIN}),
+]
+
+
+@pytest.mark.parametrize("report,expected", CHEXPERT_CONVENTIONS, ids=[c[0][:50] for c in CHEXPERT_CONVENTIONS])
+def test_chexpert_conventions(report, expected):
+    labels = label_report(report)
+    assert {obs: labels[obs] for obs in expected} == expected

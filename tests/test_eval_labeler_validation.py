@@ -17,8 +17,13 @@ def test_mesh_mapping():
     assert mesh_term_observation("Catheters, Indwelling/left") == "Support Devices"
     assert mesh_term_observation("Nodule/lung/apex/right/round") == "Lung Lesion"
     assert mesh_term_observation("Calcified Granuloma/lung/upper lobe/right") is None
-    labels = mesh_labels("Calcified Granuloma/lung;Thoracic Vertebrae/degenerative")
-    assert labels["No Finding"] == 1  # nothing among the 12 CheXpert pathologies
+    assert mesh_term_observation("Cicatrix/lung/upper lobe/left") == "Lung Opacity"
+    assert mesh_term_observation("Markings/interstitial") == "Lung Opacity"
+    assert mesh_term_observation("Markings/bronchovascular") is None
+    # CheXpert's No Finding: an "other finding" (granuloma, degenerative spine) leaves it blank too.
+    assert mesh_labels("Calcified Granuloma/lung;Thoracic Vertebrae/degenerative")["No Finding"] is None
+    assert mesh_labels("normal")["No Finding"] == 1
+    assert mesh_labels("Catheters, Indwelling/left")["No Finding"] == 1  # devices do not count
     assert mesh_labels("Pleural Effusion/bilateral;Cardiomegaly")["No Finding"] is None
 
 
@@ -26,9 +31,10 @@ def test_labeler_agrees_with_mesh_on_openi(sample_data_dir):
     result = validate_on_openi(sample_data_dir / "openi_kaggle")
     assert result["n_reports"] == 37
     assert result["skipped"] == {"no_indexing": ["3898"], "empty_text": ["894", "2881"]}
-    # Floors a little under the measured values (macro F1 0.90, micro 0.94 with uncertain -> negative).
-    assert result["macro"]["f1"] >= 0.85
-    assert result["micro"]["f1"] >= 0.90
+    # Floors a little under the measured values (macro F1 0.73, micro 0.84 with uncertain -> negative;
+    # before the labeler followed CheXpert's conventions and No Finding ignored other findings: 0.90 / 0.94).
+    assert result["macro"]["f1"] >= 0.70
+    assert result["micro"]["f1"] >= 0.80
     for obs in ("Cardiomegaly", "Lung Opacity", "Pleural Effusion", "No Finding"):
         assert result["per_observation"][obs]["agreement"] >= 0.9, obs
 

@@ -147,7 +147,7 @@ def test_disconnect_mid_stream_frees_the_slot(server, client, images):
     decoded_before = _stats(server)["stats"].get("rows_decoded", 0)
     stream = client.chat.completions.create(model="xraygpt", messages=_ask(data_url(images[0]), "Describe."),
                                             max_tokens=1000, temperature=0.8, seed=1, stream=True,
-                                            extra_body={"stop": ["never-appears-1"]})
+                                            extra_body={"stop": ["never-appears-1"], "ignore_eos": True})
     for index, _ in enumerate(stream):
         if index == 3:
             break

@@ -58,7 +58,7 @@ def test_phantom_training_then_generation_and_scores(phantom_dir, tmp_path):
     cfg = Config({"cfg_path": CONFIG, "options": options + ["run.valid_max_new_tokens=8"]})
     assert (job / "model_best.safetensors").read_bytes() == (
         job / "checkpoints" / "step_00000003" / "model.safetensors").read_bytes()
-    result = evaluate(cfg, job / "model_best.safetensors", "test", 8)
+    result = evaluate(cfg, job / "model_best.safetensors", "test", 8, meteor=False, bootstrap=0)
     records = result["records"]
     test_entries = json.loads((phantom_dir / "filter_cap_test.json").read_text())
     assert len(records) == len(test_entries) and all(isinstance(r["prediction"], str) for r in records)

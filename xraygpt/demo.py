@@ -1,7 +1,8 @@
 """``python demo.py --cfg-path eval_configs/X.yaml``: a Gradio chat about one uploaded image.
 
 Safe by default: it listens on 127.0.0.1 only, with no public link and no
-login unless asked (``--host``, ``--share``, ``--auth``).  Every handler turns
+login unless asked (``--host``, ``--share``, ``--auth``); serving beyond this
+machine needs ``--auth`` or an explicit ``--no-auth-i-understand``.  Every handler turns
 failures into a short message in the page; details go to the server log only.
 Each browser session has its own :class:`~xraygpt.conversation.chat.ChatState`.
 """
@@ -16,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from xraygpt.common.cli import run_cli, setup_logging
+from xraygpt.common.cli import is_loopback, run_cli, setup_logging
 from xraygpt.common.config import Config, ConfigError, add_config_arguments
 from xraygpt.conversation.decoding_settings import GenerationSettings
 
@@ -82,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--auth", default=os.environ.get("XRAYGPT_DEMO_AUTH"),
         help="require a login, user:password (or set XRAYGPT_DEMO_AUTH to keep it out of the process list)",
     )
+    parser.add_argument(
+        "--no-auth-i-understand", action="store_true",
+        help="serve beyond localhost (--host other than 127.0.0.1, or --share) WITHOUT a login; anyone who can reach "
+             "the port can use the model",
+    )
     parser.add_argument("--template", default="default", help="conversation template name")
     parser.add_argument("--concurrency", type=int, default=1, help="model calls running at once (default 1)")
     parser.add_argument("--queue-size", type=int, default=32, help="requests waiting before new ones are refused")
@@ -90,16 +96,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def launch_options(args: argparse.Namespace) -> Dict[str, Any]:
-    """Keyword arguments for ``Blocks.launch``: exactly what the user opted into, nothing more."""
+    """Keyword arguments for ``Blocks.launch``: exactly what the user opted into, nothing more.
+
+    Serving beyond this machine needs a login (``--auth``) or the explicit ``--no-auth-i-understand``.
+    """
+    auth = parse_auth(args.auth)
+    exposed = [flag for flag, on in (("--share", args.share), (f"--host {args.host}", not is_loopback(args.host))) if on]
+    if exposed and auth is None and not args.no_auth_i_understand:
+        raise ConfigError(
+            f"{' and '.join(exposed)} would serve the demo beyond this machine without a login: add --auth user:password "
+            "(or set XRAYGPT_DEMO_AUTH), or pass --no-auth-i-understand to accept that anyone reaching it can use it"
+        )
     if args.share:
         logger.warning("--share: the demo will be reachable from the internet through a gradio.live link")
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    if not is_loopback(args.host):
         logger.warning("--host %s: the demo accepts connections from other machines", args.host)
     return {
         "server_name": args.host,
         "server_port": args.port,
         "share": bool(args.share),
-        "auth": parse_auth(args.auth),
+        "auth": auth,
         "max_file_size": parse_size(args.max_file_size),
         "show_error": False,  # exceptions stay in the server log
         "ssr_mode": False,

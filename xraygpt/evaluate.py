@@ -6,8 +6,13 @@ text for each sample of the chosen splits in batches, scores them with
 
 * ``metrics.json``: corpus metrics, clinical efficacy (per observation, micro, macro), VQA scores,
   the generation settings and the tokenizer/Java notes;
-* ``samples.jsonl``: one line per sample: dataset, split, image id, prompt, prediction, reference,
-  per-sample metrics and the CheXpert labels of both texts.
+* ``samples.jsonl`` / ``samples.csv``: one row per sample: dataset, split, image id, prompt, prediction,
+  reference, per-sample metrics and the CheXpert labels of both texts;
+* ``rexrank.json`` (study id -> generated report) and ``clinical_efficacy.png`` (per-observation F1 with
+  95% bootstrap CIs, agreement by reference label).
+
+``python -m xraygpt.evaluate compare RUN_A RUN_B`` compares two such output folders (paired differences,
+CIs and p-values; see :mod:`xraygpt.evaluation.compare`).
 
 Samples of the datasets named by ``--vqa-datasets`` (or carrying a ``question`` string: entries marked
 ``"task": "vqa"`` in the annotations) are scored as VQA:
@@ -18,16 +23,15 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from xraygpt.common.cli import run_cli, setup_logging
 from xraygpt.common.config import Config, ConfigError, add_config_arguments
 from xraygpt.common.device import pick_device
-from xraygpt.common.fileio import atomic_write_text
-from xraygpt.evaluation.scoring import format_summary, score_reports
+from xraygpt.evaluation.scoring import add_learned_metrics, format_summary, score_reports
 from xraygpt.inference.records import generate_records
 
 logger = logging.getLogger(__name__)
@@ -58,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--uncertain", choices=["negative", "positive", "ignore"], default="negative",
         help="how uncertain CheXpert labels count in clinical efficacy",
     )
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="resamples of studies for the 95%% confidence intervals (0: none)")
+    parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resamples")
+    parser.add_argument("--no-figure", action="store_true", help="do not draw clinical_efficacy.png")
     return parser
 
 
@@ -73,7 +81,10 @@ def build_splits(cfg: Config, splits: Sequence[str]) -> List[tuple]:
         # Builders that take the run-wide bad-sample policy get it (a dataset's own setting still wins).
         takes_policy = "on_bad_sample" in inspect.signature(builder_cls).parameters
         builder = builder_cls(ds_cfg, on_bad_sample=cfg.run_cfg.on_bad_sample) if takes_policy else builder_cls(ds_cfg)
-        built = builder.build_datasets()
+        # Every split is scored as test data: the train split too gets the eval processor (no random crops,
+        # the model's image size), never the training augmentation.
+        takes_stage = "eval_processors" in inspect.signature(builder.build_datasets).parameters
+        built = builder.build_datasets(eval_processors=True) if takes_stage else builder.build_datasets()
         for split in splits:
             if split in built and built[split] is not None:
                 found.append((name, split, built[split]))
@@ -85,16 +96,32 @@ def build_splits(cfg: Config, splits: Sequence[str]) -> List[tuple]:
 
 
 def write_outputs(out_dir: Path, records: List[Dict[str, Any]], result: Dict[str, Any],
-                  settings: Dict[str, Any]) -> None:
+                  settings: Dict[str, Any], figure: bool = True) -> List[Path]:
+    """metrics.json, the per-sample table, the ReXrank JSON and (optionally) the figure; returns the paths."""
+    from xraygpt.common.fileio import atomic_write_json
+    from xraygpt.evaluation.tables import sample_rows, write_rexrank, write_sample_table
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = [{**record, **scored} for record, scored in zip(records, result["per_sample"])]
-    atomic_write_text(out_dir / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    rows = sample_rows(records, result["per_sample"])
+    written = write_sample_table(out_dir, rows)
+    if any(not r.get("question") for r in rows):
+        written.append(write_rexrank(out_dir, rows))
     metrics = {k: v for k, v in result.items() if k != "per_sample"}
     metrics["settings"] = settings
-    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    written.insert(0, atomic_write_json(out_dir / "metrics.json", metrics))
+    if figure and result.get("report"):
+        from xraygpt.evaluation.figures import plot_result
+
+        written.append(plot_result(out_dir / "clinical_efficacy.png", result, title=str(settings.get("config", ""))))
+    return written
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["compare"]:
+        from xraygpt.evaluation.compare import main as compare_main
+
+        return compare_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging()
     cfg = Config(args)
@@ -117,13 +144,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     result = score_reports(
         [r["prediction"] for r in records], [r["reference"] for r in records], [r["question"] for r in records],
         java=args.java, meteor=not args.no_meteor, uncertain=args.uncertain,
+        bootstrap=args.bootstrap, bootstrap_seed=args.bootstrap_seed, groups=[r["image_id"] for r in records],
     )
+    add_learned_metrics(result, records, cfg.config.get("evaluation"))
     result["skipped_samples"] = skipped
     settings = {"config": str(cfg.cfg_path), "splits": splits, "batch_size": batch_size, "device": device,
                 "limit": args.limit, "generation": generation_kwargs, "vqa_datasets": args.vqa_datasets}
-    write_outputs(out_dir, records, result, settings)
+    written = write_outputs(out_dir, records, result, settings, figure=not args.no_figure)
     print(format_summary(result))
-    print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'samples.jsonl'} ({len(records)} samples"
+    print(f"wrote {', '.join(p.name for p in written)} to {out_dir} ({len(records)} samples"
           f"{f', {skipped} unreadable samples skipped' if skipped else ''})")
     return 0
 

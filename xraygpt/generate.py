@@ -3,7 +3,10 @@
 Resumable: images that already have a report in ``--out`` are skipped, and
 each batch is appended and flushed as soon as it is done, so an interrupted
 run loses at most the batch in flight.  Images that cannot be read get an
-``error`` line (retried on the next run) and make the exit code 1.
+``error`` line (retried on the next run, recorded again only if the reason
+changed) and make the exit code 1.  ``--out`` must be this command's own
+output: any other file is refused untouched.  The file is locked while a run
+writes it, so a second run on it stops at once instead of redoing images.
 """
 from __future__ import annotations
 
@@ -13,13 +16,15 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, List, Sequence, Set
+from typing import Any, Dict, Iterable, List, Sequence, Set
 
 from xraygpt.common.cli import run_cli, setup_logging
 from xraygpt.common.config import Config, ConfigError, add_config_arguments
 from xraygpt.common.constants import IMAGE_SUFFIXES
+from xraygpt.common.fileio import try_lock_exclusive
 from xraygpt.conversation.decoding_settings import GenerationSettings
 
 logger = logging.getLogger(__name__)
@@ -52,26 +57,97 @@ def collect_images(sources: Sequence[str]) -> List[Path]:
     return unique
 
 
+RECORD_START = b'{"image": '
+"""Every line this command writes starts so (``json.dumps`` of a dict whose first key is ``image``)."""
+
+
+@dataclass
+class PreviousOutput:
+    """What an existing ``--out`` already holds: images with a report, and the error recorded per image."""
+
+    done: Set[str] = field(default_factory=set)
+    errors: Dict[str, str] = field(default_factory=dict)
+    torn_bytes: int = 0
+    """Length of an incomplete last line (a run killed mid-write); cut off before appending."""
+
+
+def read_previous_output(out: Path, data: bytes) -> PreviousOutput:
+    """Parse ``out``'s bytes; refuse (change nothing) unless every complete line is one of our records.
+
+    A torn last line is only accepted when the rest is provably our output and the
+    fragment itself starts like one of our records.
+    """
+    previous = PreviousOutput()
+    keep = data.rfind(b"\n") + 1
+    complete, tail = data[:keep], data[keep:]
+    how_to_fix = "choose another --out file, or move this one away to start over"
+    for number, line in enumerate(complete.split(b"\n")[:-1], start=1):
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{out}:{number} is not JSON ({exc}): not an output of this command; {how_to_fix}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("image"), str) or not (
+            "report" in record or "error" in record
+        ):
+            raise ConfigError(f"{out}:{number} is not a report or error record of this command; {how_to_fix}")
+        key = _key(record["image"])
+        if "report" in record:
+            previous.done.add(key)
+            previous.errors.pop(key, None)
+        else:
+            previous.errors[key] = str(record["error"])
+    if tail and not tail.startswith(RECORD_START):
+        raise ConfigError(f"{out} ends in {len(tail)} bytes that are not a record of this command; {how_to_fix}")
+    previous.torn_bytes = len(tail)
+    return previous
+
+
 def finished_images(out: Path) -> Set[str]:
-    """Images with a report in ``out``; a torn last line (from a crash) is cut off first."""
+    """Images with a report in ``out`` (read only; the file is not changed)."""
     if not out.exists():
         return set()
-    data = out.read_bytes()
-    if data and not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
-        logger.warning("%s ends in an incomplete line (interrupted run); removing its %d bytes", out, len(data) - keep)
-        with out.open("r+b") as handle:
-            handle.truncate(keep)
-        data = data[:keep]
-    done = set()
-    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{out}:{number} is not JSON ({exc}); fix or move the file to start over") from exc
-        if "report" in record:
-            done.add(_key(record["image"]))
-    return done
+    return read_previous_output(out, out.read_bytes()).done
+
+
+class OutputFile:
+    """The ``--out`` file, opened once and held under an advisory lock for the whole run.
+
+    A second run on the same file is refused at once, so no image is done twice.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        if path.is_dir():
+            raise ConfigError(f"--out {path} is a folder; give a .jsonl file path")
+        self.created = not path.exists()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = path.open("a+b")
+        if not try_lock_exclusive(self.handle):
+            self.handle.close()
+            raise ConfigError(
+                f"another xraygpt.generate run is writing {path}; wait for it to finish (then rerun to resume) "
+                "or give this run another --out"
+            )
+        self.handle.seek(0)
+        self.previous = read_previous_output(path, self.handle.read())
+        if self.previous.torn_bytes:
+            size = self.handle.seek(0, os.SEEK_END)
+            logger.warning("%s ends in an incomplete record (interrupted run); removing its %d bytes", path,
+                           self.previous.torn_bytes)
+            self.handle.truncate(size - self.previous.torn_bytes)
+
+    def write(self, record: Dict[str, Any]) -> None:
+        self.handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+
+    def sync(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+
+    def close(self) -> None:
+        empty = self.handle.seek(0, os.SEEK_END) == 0
+        self.handle.close()
+        if self.created and empty:  # nothing written: leave no empty file behind
+            self.path.unlink(missing_ok=True)
 
 
 def _key(path: str | Path) -> str:
@@ -118,7 +194,15 @@ def main(argv: List[str] | None = None) -> int:
         top_p=args.top_p, repetition_penalty=args.repetition_penalty,
     )
     images = collect_images(args.images)
-    done = finished_images(args.out)
+    out = OutputFile(args.out)
+    try:
+        return _generate(args, settings, images, out)
+    finally:
+        out.close()
+
+
+def _generate(args: argparse.Namespace, settings: GenerationSettings, images: List[Path], out: OutputFile) -> int:
+    done, known_errors = out.previous.done, out.previous.errors
     todo = [path for path in images if _key(path) not in done]
     logger.info("%d images: %d already in %s, %d to do", len(images), len(images) - len(todo), args.out, len(todo))
     if not todo:
@@ -138,9 +222,8 @@ def main(argv: List[str] | None = None) -> int:
         model.warm_up(min(args.batch_size, len(todo)), prompt=args.prompt, generation_kwargs=[settings.generate_kwargs()])
     run_settings = {**settings.as_dict(), "batch_size": args.batch_size, "cfg_path": str(args.cfg_path), "device": str(device)}
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     failures = 0
-    with args.out.open("a", encoding="utf-8") as out, tqdm(total=len(todo), disable=args.no_progress, unit="img") as bar:
+    with tqdm(total=len(todo), disable=args.no_progress, unit="img") as bar:
         for batch in batches(todo, args.batch_size):
             pixels, readable = [], []
             for path in batch:
@@ -150,7 +233,9 @@ def main(argv: List[str] | None = None) -> int:
                 except ImageLoadError as exc:
                     failures += 1
                     logger.error("%s", exc)
-                    out.write(json.dumps({"image": str(path), "image_id": path.stem, "error": str(exc)}) + "\n")
+                    # Retried on every run, but recorded once while the reason stays the same.
+                    if known_errors.get(_key(path)) != str(exc):
+                        out.write({"image": str(path), "image_id": path.stem, "error": str(exc)})
             if readable:
                 start = time.perf_counter()
                 with torch.inference_mode():
@@ -161,15 +246,13 @@ def main(argv: List[str] | None = None) -> int:
                 seconds = time.perf_counter() - start
                 stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
                 for path, report, new_ids in zip(readable, reports, ids):
-                    record = {
+                    out.write({
                         "image": str(path), "image_id": path.stem, "prompt": args.prompt, "report": report,
                         "new_tokens": len(new_ids),
                         "seconds": round(seconds / len(readable), 4), "batch_seconds": round(seconds, 4),
                         "created": stamp, "settings": run_settings,
-                    }
-                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
+                    })
+            out.sync()
             bar.update(len(batch))
     logger.info("wrote %d reports to %s; %d images could not be read", len(todo) - failures, args.out, failures)
     return 1 if failures else 0

@@ -66,8 +66,12 @@ def ensure_encoder(cfg: Any, steps: int) -> None:
     run_encoder_pretraining(cfg, settings=settings_for(cfg, steps=steps))
 
 
-def evaluate(cfg: Any, weights: Path, split: str, max_new_tokens: int) -> Dict[str, Any]:
-    """Generate for every ``split`` sample with the trained weights (``model_best.safetensors``) and score it."""
+def evaluate(cfg: Any, weights: Path, split: str, max_new_tokens: int, meteor: bool = True,
+             bootstrap: int = 1000) -> Dict[str, Any]:
+    """Generate for every ``split`` sample with the trained weights (``model_best.safetensors``) and score it.
+
+    METEOR is computed when Java is present (as the literature reports it); without Java the summary says so.
+    """
     from xraygpt.inference.records import generate_records
     from xraygpt.evaluation import score_reports
 
@@ -81,7 +85,8 @@ def evaluate(cfg: Any, weights: Path, split: str, max_new_tokens: int) -> Dict[s
     records, _ = generate_records(model, [("phantoms", split, datasets[split])], cfg.run_cfg.batch_size_eval,
                                   {"max_new_tokens": max_new_tokens})
     scores = score_reports([r["prediction"] for r in records], [r["reference"] for r in records],
-                           [r["question"] for r in records], meteor=False)
+                           [r["question"] for r in records], meteor=meteor, bootstrap=bootstrap,
+                           groups=[r["image_id"] for r in records])
     return {"records": records, "scores": scores}
 
 
@@ -106,6 +111,7 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--vocab-size", type=int, default=2000)
     parser.add_argument("--encoder-steps", type=int, default=PretrainSettings.steps,
                         help="stage-1 steps when the encoder files are absent")
+    parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (its Java start-up takes ~30 s)")
     add_debug_argument(parser)
     args = parser.parse_args(argv)
     setup_logging()
@@ -114,7 +120,8 @@ def main(argv: List[str] | None = None) -> int:
     from xraygpt.train import run_training
 
     start = time.perf_counter()
-    cfg = Config({"cfg_path": args.cfg_path, "options": args.options})
+    # The quick start owns its job folder: a rerun trains it again (run.overwrite) instead of being refused.
+    cfg = Config({"cfg_path": args.cfg_path, "options": ["run.overwrite=true", *args.options]})
     dataset_cfg = next(iter(cfg.datasets_cfg.values()))
     data_dir = Path(dataset_cfg.build_info.storage)
     ensure_phantoms(data_dir, args.phantoms, cfg.run_cfg.seed, args.phantom_size)
@@ -132,7 +139,7 @@ def main(argv: List[str] | None = None) -> int:
 
     split = (list(cfg.run_cfg.test_splits) or ["test"])[0]
     weights = job_dir / "model_best.safetensors"
-    result = evaluate(cfg, weights, split, cfg.run_cfg.valid_max_new_tokens)
+    result = evaluate(cfg, weights, split, cfg.run_cfg.valid_max_new_tokens, meteor=not args.no_meteor)
     done = time.perf_counter()
     from xraygpt.evaluation import format_summary
 

@@ -20,6 +20,8 @@ logger = logging.getLogger("xraygpt.train")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train an xraygpt model from a YAML config.")
     add_config_arguments(parser)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in <output_dir>/<job_id> (same as run.overwrite=true)")
     plan = parser.add_argument_group("memory plan")
     plan.add_argument("--dry-run", action="store_true",
                       help="print parameter, gradient, optimizer and activation memory per GPU, load nothing, exit")
@@ -56,6 +58,8 @@ def run_training(cfg: Config) -> Dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
+    if args.overwrite:
+        args.options = [*args.options, "run.overwrite=true"]
     cfg = Config(args)
     if args.dry_run:
         from xraygpt.runners.memory_plan import describe_plan

@@ -18,17 +18,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from xraygpt.common.errors import CheckpointLoadError
+from xraygpt.common.errors import CheckpointLoadError, XrayGPTError
 from xraygpt.common.fileio import atomic_write_text, fsync_dir, fsync_file  # noqa: F401  (atomic_write_text: old import path)
+
+logger = logging.getLogger("xraygpt.train")
 
 FORMAT = "xraygpt-training-checkpoint"
 FORMAT_VERSION = 1
@@ -155,8 +158,8 @@ def read_meta(folder: Path) -> Dict[str, Any]:
     return meta
 
 
-def load_checkpoint(folder: Path, verify: bool = True) -> Dict[str, Any]:
-    """Return ``{"weights", "training_state", "config_yaml", "meta"}`` of a verified checkpoint."""
+def verify_checkpoint(folder: Path, verify: bool = True) -> Dict[str, Any]:
+    """The meta of a complete checkpoint whose files all match their SHA-256; raises CheckpointError otherwise."""
     folder = Path(folder)
     meta = read_meta(folder)
     for name, expected in meta.get("sha256", {}).items():
@@ -168,11 +171,18 @@ def load_checkpoint(folder: Path, verify: bool = True) -> Dict[str, Any]:
                 f"corrupt checkpoint {folder}: {name} does not match its SHA-256 in {META_FILE} "
                 "(the file was modified or truncated); resume from an earlier checkpoint"
             )
+    return meta
+
+
+def load_checkpoint(folder: Path, verify: bool = True) -> Dict[str, Any]:
+    """Return ``{"weights", "training_state", "config_yaml", "meta"}`` of a verified checkpoint."""
+    folder = Path(folder)
+    meta = verify_checkpoint(folder, verify)
     try:
         weights = load_file(str(folder / WEIGHTS_FILE))
         state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # safetensors / unpickling errors
-        raise CheckpointError(f"corrupt checkpoint {folder}: cannot read it ({exc})") from exc
+        raise CheckpointError(f"corrupt checkpoint {folder}: cannot read it ({exc or type(exc).__name__})") from exc
     return {
         "weights": weights,
         "training_state": state,
@@ -182,13 +192,16 @@ def load_checkpoint(folder: Path, verify: bool = True) -> Dict[str, Any]:
 
 
 def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoint folders under ``root``, oldest first (by global step)."""
+    """Complete checkpoint folders under ``root``, oldest first (by global step).
+
+    Hidden folders (temporaries of a save, ``.corrupt-*`` set aside by :func:`latest_checkpoint`) are not listed.
+    """
     root = Path(root)
     if not root.is_dir():
         return []
     found = []
     for child in root.iterdir():
-        if child.is_dir() and not child.name.startswith(_TMP_PREFIX) and (child / META_FILE).is_file():
+        if child.is_dir() and not child.name.startswith(".") and (child / META_FILE).is_file():
             try:
                 found.append((int(read_meta(child).get("global_step", -1)), child.name, child))
             except CheckpointError:
@@ -205,3 +218,34 @@ def remove_stale_temporaries(root: Path) -> int:
     for child in stale:
         shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
     return len(stale)
+
+
+CORRUPT_PREFIX = ".corrupt-"
+
+
+def latest_checkpoint(root: Path, verify: Callable[[Path], Any] = verify_checkpoint) -> Optional[Path]:
+    """The newest checkpoint folder under ``root`` that ``verify`` accepts (None when there is none).
+
+    Newer folders that fail (a corrupt or half-copied checkpoint) are renamed to ``.corrupt-<name>``, with
+    a warning, so the resumed run can save under their names again.  ``verify`` raises
+    :class:`CheckpointLoadError` for a bad folder (the default checks the format tag and every SHA-256).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    candidates = sorted((child for child in root.iterdir() if child.is_dir() and not child.name.startswith(".")),
+                        key=lambda child: child.name, reverse=True)  # step_%08d: name order is step order
+    for folder in candidates:
+        try:
+            verify(folder)
+        except CheckpointLoadError as exc:
+            aside, number = folder.with_name(f"{CORRUPT_PREFIX}{folder.name}"), 0
+            while aside.exists():
+                number += 1
+                aside = folder.with_name(f"{CORRUPT_PREFIX}{folder.name}.{number}")
+            os.rename(folder, aside)
+            logger.warning("newest checkpoint %s is not usable (%s); set aside as %s, falling back to the previous "
+                           "complete checkpoint", folder, XrayGPTError.one_line(exc), aside.name)
+            continue
+        return folder
+    return None

@@ -73,3 +73,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, data: Any, *, indent: int | None = 2) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
+
+
+def try_lock_exclusive(handle: IO[Any]) -> bool:
+    """Take an advisory exclusive lock (``fcntl.flock``) on an open file; False when another process holds it.
+
+    Released when the handle is closed or the process ends (even by SIGKILL).  Where
+    ``fcntl`` does not exist (Windows) there is no lock and this returns True.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True

@@ -126,6 +126,11 @@ class RunConfig:
     """Save every N optimizer steps as well as at each epoch end (0: epoch ends only)."""
     keep_last_n: int = 2
     resume_ckpt_path: Optional[str] = None
+    """A checkpoint folder to resume from, or ``latest``: the newest complete checkpoint of this job (a fresh
+    start when it has none; a corrupt newest one is set aside and the previous one used)."""
+    overwrite: bool = False
+    """Replace the run already in ``output_dir/job_id`` (``train.py --overwrite``); without it such a job is
+    refused at start-up unless resumed."""
 
     # Splits and evaluation.
     evaluate: bool = False

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict
 
+from xraygpt.common.fileio import try_lock_exclusive
 from xraygpt.data_creation.records import DataCreationError
 
 log = logging.getLogger(__name__)
@@ -30,13 +31,7 @@ class JsonlCache:
         self._load()
 
     def _lock(self) -> None:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory lock, documented limitation
-            return
-        try:
-            fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not try_lock_exclusive(self._handle):  # Windows: no advisory lock, documented limitation
             self._handle.close()
             raise DataCreationError(f"another run is writing {self.path}; wait for it or use another --out folder")
 

@@ -29,6 +29,8 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
                      help="copy PNG/JPEG bytes as they are (others become PNG), or re-encode all as JPEG")
     out.add_argument("--max-questions", type=int, default=3, help="offline mode: at most this many VQA pairs per item")
     out.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace the dataset files of an --out folder that holds other files or another dataset")
 
     mode = parser.add_argument_group("generation mode (pick one)").add_mutually_exclusive_group(required=True)
     mode.add_argument("--offline", action="store_true", help="rule-based, no API, deterministic")
@@ -95,6 +97,7 @@ def _options(args: argparse.Namespace, all_images: bool = False) -> RunOptions:
         all_images=all_images,
         concurrency=args.concurrency if args.llm else 1,
         progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
 
 
@@ -196,6 +199,8 @@ def merge_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", type=Path, help="dataset folders to merge")
     parser.add_argument("--out", type=Path, required=True, help="merged dataset folder")
     parser.add_argument("--names", help="comma list of names for the inputs (default: their folder names)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the dataset files of an --out folder that holds other files or another merge")
     return add_debug_argument(parser)
 
 
@@ -205,7 +210,7 @@ def merge_main(argv: Optional[Sequence[str]] = None) -> int:
     args = merge_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        merge_datasets(args.inputs, args.out, args.names.split(",") if args.names else None)
+        merge_datasets(args.inputs, args.out, args.names.split(",") if args.names else None, overwrite=args.overwrite)
     except DataCreationError as exc:
         if debug_requested(list(argv) if argv is not None else None):
             raise

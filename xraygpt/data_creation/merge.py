@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from xraygpt.data_creation.output_folder import IDENTITY_FILE, claim_output_folder, stored_identity, write_identity
 from xraygpt.data_creation.pipeline import MANIFEST, SPLIT_FILES
 from xraygpt.data_creation.records import DataCreationError
 from xraygpt.data_creation.splitting import SPLITS
@@ -62,11 +63,25 @@ def _dataset_names(inputs: Sequence[Path], names: Optional[Sequence[str]]) -> Li
     return chosen
 
 
-def merge_datasets(inputs: Sequence[Path], out: Path, names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Write the merged dataset to ``out``; returns its manifest."""
+def _merge_identity(manifest: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    if manifest.get("tool") != "xraygpt.data_creation.merge":
+        return None
+    return {"inputs": [{"name": i.get("name"), "path": i.get("path")} for i in manifest.get("inputs", [])]}
+
+
+def merge_datasets(inputs: Sequence[Path], out: Path, names: Optional[Sequence[str]] = None,
+                   overwrite: bool = False) -> Dict[str, Any]:
+    """Write the merged dataset to ``out``; returns its manifest.
+
+    ``out`` must be new, empty, or an earlier merge of the same inputs; anything else needs ``overwrite``.
+    """
     if not inputs:
         raise DataCreationError("give at least one input dataset folder")
     dataset_names = _dataset_names(inputs, names)
+    identity = {"inputs": [{"name": name, "path": str(folder.resolve())} for folder, name in zip(inputs, dataset_names)]}
+    claim_output_folder(out, identity, [*SPLIT_FILES.values(), MANIFEST, "image", str(IDENTITY_FILE.parent)],
+                        overwrite=overwrite, stored=stored_identity(out, _merge_identity))
+    write_identity(out, identity)
     merged: Dict[str, List[Dict[str, str]]] = {split: [] for split in SPLITS}
     group_split: Dict[str, Tuple[str, str]] = {}
     seen_entries = set()

@@ -9,6 +9,9 @@ Output folder::
     manifest.json           provenance, options, counts, usage, every rejection with its reason
     cache/generated.jsonl   durable per-job results (what makes a rerun resume)
     cache/rejected.jsonl    audit log of generation rejections, across runs
+    cache/identity.json     source and options of the dataset (written first: a resume checks it)
+
+A non-empty folder that holds anything else is refused unless ``overwrite``.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from xraygpt.data_creation.cache import JsonlCache
 from xraygpt.data_creation.filters import TextFilter, apply_filter
 from xraygpt.data_creation.images import ImageExportError, export_image, output_name
+from xraygpt.data_creation.output_folder import claim_output_folder, stored_identity, write_identity
 from xraygpt.data_creation.records import DataCreationError, GenerationRejected, Job, Rejection, SourceItem
 from xraygpt.data_creation.splitting import SPLITS, sample_items, split_groups
 from xraygpt.common.fileio import atomic_write_json
@@ -53,6 +57,12 @@ class RunOptions:
     """Pair every selected image of an item with its text (default: the first one only)."""
     concurrency: int = 1
     progress: bool = True
+    overwrite: bool = False
+    """Replace the dataset files of an ``out_dir`` that holds something else (else such a folder is refused)."""
+
+
+RUN_ONLY_OPTIONS = ("out_dir", "concurrency", "progress", "overwrite")
+"""Options that do not change the dataset: a resume may change them."""
 
 
 @dataclass
@@ -63,6 +73,21 @@ class GeneratorSpec:
     prompt_versions: Dict[str, str]
     description: Dict[str, Any]
     usage: Callable[[], Dict[str, Any]] = dict
+
+
+def dataset_identity(options: RunOptions, text_filter: TextFilter, spec: GeneratorSpec,
+                     source_info: Dict[str, Any]) -> Dict[str, Any]:
+    """What decides the dataset's content: source, options, filters and generation mode."""
+    kept = {k: v for k, v in asdict(options).items() if k not in RUN_ONLY_OPTIONS}
+    return {"source": source_info, "options": {**kept, "filters": asdict(text_filter)},
+            "mode": spec.description.get("mode")}
+
+
+def _identity_from_manifest(manifest: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    if manifest.get("tool") != "xraygpt.data_creation":
+        return None
+    options = {k: v for k, v in (manifest.get("options") or {}).items() if k not in RUN_ONLY_OPTIONS}
+    return {"source": manifest.get("source"), "options": options, "mode": (manifest.get("generator") or {}).get("mode")}
 
 
 def _check_unique(items: List[SourceItem]) -> None:
@@ -199,6 +224,10 @@ def run(
     if unknown or not options.tasks:
         raise DataCreationError(f"--tasks must be a non-empty subset of {list(TASKS)}, got {list(options.tasks)}")
     _check_unique(items)
+    identity = dataset_identity(options, text_filter, spec, source_info)
+    claim_output_folder(options.out_dir, identity, [*SPLIT_FILES.values(), MANIFEST, "image", "cache"],
+                        overwrite=options.overwrite, stored=stored_identity(options.out_dir, _identity_from_manifest))
+    write_identity(options.out_dir, identity)
     rejections = list(read_rejections)
     kept, dropped = apply_filter(items, text_filter)
     rejections += dropped
@@ -233,7 +262,7 @@ def run(
         "prompt_versions": {t: spec.prompt_versions[t] for t in options.tasks},
         "models_in_output": dict(models),
         "options": {
-            **{k: v for k, v in asdict(options).items() if k != "out_dir"},
+            **{k: v for k, v in asdict(options).items() if k not in ("out_dir", "overwrite")},
             "filters": asdict(text_filter),
         },
         "counts": {

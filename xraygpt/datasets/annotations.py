@@ -81,12 +81,16 @@ def parse_annotations(
     image_ext: Optional[str] = None,
     prompts: Optional[Sequence[str]] = None,
     prompt_seed: int = 0,
+    allow_outside_paths: bool = False,
 ) -> Tuple[List[Record], List[Issue]]:
     """Records of every valid entry, plus an :class:`Issue` for each invalid one.
 
     ``image_dir`` (default ``<ann folder>/image``) and ``image_ext`` (default:
     whatever file ``<image_id>.*`` exists) serve the ``image_id`` schema;
     ``prompts`` fills entries that have no prompt of their own.
+    Every image path must resolve (symlinks followed) inside the annotation
+    file's folder or ``image_dir``; an entry that escapes them (absolute path,
+    ``../``, a symlink out) is an error unless ``allow_outside_paths``.
     Raises :class:`AnnotationError` when the file as a whole is unusable.
     """
     ann_path = Path(ann_path)
@@ -106,11 +110,16 @@ def parse_annotations(
         raise AnnotationError(f"{ann_path}: 'annotations' must be a list, got {type(entries).__name__}")
 
     resolver = _ImageResolver(Path(image_dir) if image_dir else root / "image", image_ext)
+    allowed = None if allow_outside_paths else _Containment(root, resolver.image_dir)
     records: List[Record] = []
     issues: List[Issue] = []
     for index, entry in enumerate(entries):
         where = f"{ann_path}[{index}]"
         record, problems = _parse_entry(entry, where, root, resolver, prompts, prompt_seed)
+        if record is not None and allowed is not None:
+            escape = allowed.problem(record.image_path)
+            if escape:
+                record, problems = None, [*problems, Issue("error", where, escape)]
         issues.extend(problems)
         if record is not None:
             records.append(record)
@@ -158,6 +167,24 @@ def _parse_entry(
     else:
         return None, [Issue("error", where, "missing field 'prompt' and no prompt file configured")]
     return Record(image_path, prompt, entry["caption"], str(image_id), entry.get("split"), where, entry.get("task")), []
+
+
+class _Containment:
+    """The folders a dataset's images may live in, resolved once (symlinks followed)."""
+
+    def __init__(self, *folders: Path):
+        self.folders = list(dict.fromkeys(Path(f).resolve() for f in folders))
+
+    def problem(self, image_path: Path) -> Optional[str]:
+        """None when ``image_path`` (its final target) lies inside one of the folders, else why not."""
+        target = Path(os.path.realpath(image_path))
+        if any(target.is_relative_to(folder) for folder in self.folders):
+            return None
+        via = " through a symlink" if target != Path(os.path.abspath(image_path)) else ""
+        return (
+            f"image {image_path} resolves{via} to {target}, outside the dataset folder {self.folders[0]}: move or "
+            "copy the image into the dataset, or set build_info.allow_outside_paths: true to allow such paths"
+        )
 
 
 class _ImageResolver:

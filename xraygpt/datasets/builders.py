@@ -47,6 +47,8 @@ class BuildInfo:
     """Seed of the per-sample prompt choice."""
     tasks: Optional[List[str]] = None
     """Keep only entries whose ``task`` field is listed (e.g. ``[report]``); ``null`` keeps everything."""
+    allow_outside_paths: bool = False
+    """Accept image paths that resolve (symlinks followed) outside ``storage`` and ``image_dir``."""
 
 
 @dataclass
@@ -88,7 +90,8 @@ class ImageTextBuilder:
         return section
 
     # --------------------------------------------------------------- build
-    def build_datasets(self) -> Dict[str, ImageTextDataset]:
+    def build_datasets(self, eval_processors: bool = False) -> Dict[str, ImageTextDataset]:
+        """``eval_processors``: every split (train too) gets the eval image/text processors, as evaluation needs."""
         info = self.config.build_info
         storage = Path(info.storage)
         if not storage.is_dir():
@@ -102,7 +105,7 @@ class ImageTextBuilder:
             records = records_by_split.get(split)
             if not records:
                 continue
-            stage = "train" if split == "train" else "eval"
+            stage = "train" if split == "train" and not eval_processors else "eval"
             datasets[split] = ImageTextDataset(
                 records,
                 vis_processor=build_processor(self.config.vis_processor.get(stage)),
@@ -139,7 +142,13 @@ class ImageTextBuilder:
                 image_ext=info.image_ext,
                 prompts=prompts,
                 prompt_seed=info.prompt_seed,
+                allow_outside_paths=info.allow_outside_paths,
             )
+            if split == "train" and not records and not issues:
+                raise AnnotationError(
+                    f"dataset '{self.NAME}': training annotations {ann_path} hold no entries (an empty list); "
+                    f"regenerate them or check the file (`python -m xraygpt.datasets.validate {storage}`)"
+                )
             self._handle_issues(ann_path, issues)
             if info.tasks is not None:
                 records = [record for record in records if record.task in info.tasks]

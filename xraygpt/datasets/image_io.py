@@ -108,7 +108,9 @@ def _load_raster(name: str, data: bytes) -> Image.Image:
         image = Image.open(io.BytesIO(data))
         image.load()
     except UnidentifiedImageError:
-        raise _Unrecognised(name, f"not a recognised image (content starts with {data[:16]!r}); expected PNG, JPEG or DICOM") from None
+        # The content is not quoted: the path may be a symlink to a private file.
+        raise _Unrecognised(name, f"not a recognised image ({len(data)} bytes of unknown content); expected PNG, JPEG "
+                                  "or DICOM") from None
     except Image.DecompressionBombError as exc:
         raise ImageLoadError(name, f"image too large to decode safely ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:

@@ -1,8 +1,9 @@
 """Check a dataset before training: ``python -m xraygpt.datasets.validate <folder | file.json | config.yaml>``.
 
 Reports JSON syntax errors (line and column), schema problems (missing or
-non-string fields, empty captions), images that are missing or cannot be
-decoded, and duplicate entries; prints a summary and exits 1 when there are
+non-string fields, empty captions), empty annotation files, image paths that
+escape the dataset folder, images that are missing or cannot be decoded, and
+duplicate entries; prints a summary and exits 1 when there are
 errors (or warnings with ``--strict``), 0 when the data is clean.
 """
 from __future__ import annotations
@@ -29,6 +30,9 @@ class Target:
     image_dir: Path
     image_ext: Optional[str] = None
     prompt_path: Optional[str] = None
+    allow_outside_paths: bool = False
+    required: bool = True
+    """A file that must hold entries (the training annotations); an empty val/test file is only a warning."""
 
 
 @dataclass
@@ -61,12 +65,17 @@ def validate_targets(targets: Sequence[Target], decode_images: bool = True) -> R
         prompts = load_prompts(target.prompt_path)
         try:
             records, issues = parse_annotations(
-                target.ann_path, image_dir=target.image_dir, image_ext=target.image_ext, prompts=prompts
+                target.ann_path, image_dir=target.image_dir, image_ext=target.image_ext, prompts=prompts,
+                allow_outside_paths=target.allow_outside_paths,
             )
         except AnnotationError as exc:
             report.issues.append(Issue("error", str(target.ann_path), str(exc).removeprefix(f"{target.ann_path}: ")))
             continue
         report.entries += len(records) + len({i.where for i in issues})
+        if not records and not issues:
+            severity = "error" if target.required else "warning"
+            report.issues.append(Issue(severity, str(target.ann_path), "holds no entries (an empty list): nothing to "
+                                       "train or evaluate on; regenerate it or point the config at the right file"))
         report.issues.extend(issues)
         bad_images = _check_images(records, decode_images, report)
         report.usable += sum(1 for r in records if str(r.image_path) not in bad_images)
@@ -105,7 +114,7 @@ def targets_for(path: Path, image_dir: Optional[Path] = None) -> List[Target]:
         found = [path / name for name in ANN_NAMES if (path / name).is_file()]
         if not found:
             raise FileNotFoundError(f"no annotation file ({', '.join(ANN_NAMES)}) in {path}")
-        return [Target(ann, image_dir or path / "image") for ann in found]
+        return [Target(ann, image_dir or path / "image", required=ann.name == ANN_NAMES[0]) for ann in found]
     if path.suffix.lower() in (".yaml", ".yml"):
         return _targets_from_config(path)
     if path.is_file():
@@ -130,7 +139,8 @@ def _targets_from_config(path: Path) -> List[Target]:
         storage = Path(info.storage)
         for ann_name in info.ann_files.values():
             if ann_name and ((storage / ann_name).is_file() or ann_name == info.ann_files.get("train")):
-                targets.append(Target(storage / ann_name, storage / info.image_dir, info.image_ext, info.prompt_path))
+                targets.append(Target(storage / ann_name, storage / info.image_dir, info.image_ext, info.prompt_path,
+                                      info.allow_outside_paths, required=ann_name == info.ann_files.get("train")))
     return targets
 
 
@@ -141,10 +151,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="only check that images exist, do not decode them")
     parser.add_argument("--strict", action="store_true", help="treat warnings (duplicates) as errors")
     parser.add_argument("--max-show", type=int, default=50, help="print at most this many issues")
+    parser.add_argument("--allow-outside-paths", action="store_true",
+                        help="accept image paths outside the dataset folder (build_info.allow_outside_paths)")
     add_debug_argument(parser)
     args = parser.parse_args(argv)
     try:
         targets = targets_for(args.path, args.image_dir)
+        for target in targets:
+            target.allow_outside_paths = target.allow_outside_paths or args.allow_outside_paths
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

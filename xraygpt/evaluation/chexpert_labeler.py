@@ -1,42 +1,52 @@
 """Rule-based CheXpert-style labeler: 14 observations, each positive / negative / uncertain / blank.
 
-Why rules and not a neural labeler (CheXbert): no weights can be downloaded here and the rules are
-transparent. The pipeline follows the CheXpert labeler's three stages, with our own phrase lists:
+Why rules and not a neural labeler (CheXbert): no weights can be downloaded here, the rules are
+transparent, and they run at thousands of reports per second. The pipeline follows the CheXpert
+labeler's documented stages (Irvin et al. 2019) with our own phrase lists (``labeler_phrases``) and
+cue rules (``labeler_context``):
 
-1. **Mention extraction** - per observation, regular expressions over a normalised report (lower
-   case, OpenI's ``x-XXXX`` read as ``x-ray``; the other ``XXXX`` anonymisation tokens stay as
-   opaque words, so ``no XXXX of a pleural effusion`` is still negated).
-2. **Classification** of each mention inside its clause (sentences split at ``.``/``;``/``:``/new
-   lines, clauses at ``but``, ``however``, ``although``, ``except``, ``otherwise``, ``, there is``...):
-   * uncertain after the mention (``... cannot be excluded``, ``X versus Y``, ``... is possible``) wins;
-   * otherwise a negation before the mention in its clause (``no``, ``not``, ``without``, ``negative
-     for``, ``free of``, ``clear of``, ``no evidence of``, ``resolution of``...) makes it negative: the
-     scope runs through lists (``no consolidation, suspicious opacity, or effusion``) and ``no X to
-     suggest Y`` negates Y;
-   * otherwise a hedge before it *within the same comma segment* makes it uncertain (``possible``,
-     ``may``, ``could``, ``likely``, ``probable``, ``suggestive of``, ``suspicious for``, ``concerning
-     for``, ``cannot exclude``, ``borderline``, ``differential ...``, ``versus``, ``?``);
-     ``likely`` counts as uncertain and ``consistent with`` / ``compatible with`` as positive, the
-     CheXpert conventions;
-   * otherwise a negation after the mention (``... is not seen``, ``... has resolved``/``cleared``, ``removed``);
-   * otherwise positive. ``no change`` / ``no interval change`` are not negations (the finding persists).
-3. **Aggregation** per report: positive if any mention is positive, else uncertain if any is, else
-   negative if any is, else blank. ``No Finding`` is positive when the report has text and none of the
-   12 pathology observations (all but No Finding and Support Devices) is positive or uncertain;
-   otherwise blank. An empty report is all blank.
+1. **Mention extraction** per observation over a normalised report (lower case; OpenI's ``x-XXXX``
+   read as ``x-ray``; other ``XXXX`` tokens stay opaque words, so ``no XXXX of a pleural effusion`` is
+   still negated). *Unmention* phrases are masked first (``pericardial effusion``, ``bony
+   lesion``, ``surgical clips``, ``platelike``, ``endplate``).
+2. **Classification** of each mention inside its clause (sentences split at ``. ; :``, clauses at
+   ``but``, ``however``, ``although``, ``, there is`` ...): pre-negation uncertainty, negation,
+   uncertainty, in that order (see ``labeler_context``).
+   The heart and mediastinum are also read from their predicate (``heart size is normal`` -> negative
+   Cardiomegaly, ``stable cardiomediastinal silhouette`` -> uncertain Enlarged Cardiomediastinum,
+   ``borderline heart size`` / ``upper limits of normal`` -> uncertain, ``is enlarged`` -> positive).
+   Some phrases are signs rather than the finding, and are uncertain even when asserted
+   (``vascular congestion`` -> uncertain Edema).
+3. **Aggregation** per report: positive > uncertain > negative > blank across mentions. ``No Finding``
+   is positive when the report has text, none of the 12 pathologies is positive or uncertain, and no
+   "other finding" (degenerative change, granuloma, emphysema, hernia...) is asserted; otherwise blank.
+   Support devices do not count against No Finding (the CheXpert convention).
 
-Statements of normality for the heart and mediastinum (``heart size is normal``) give negative mentions
-of Cardiomegaly / Enlarged Cardiomediastinum, like the CheXpert labeler. A fracture in the same
-clause as orthopaedic or device hardware (``the screw is fractured``) is a device fracture, not a
-bone fracture, and is not counted.
+A fracture in the same clause as orthopaedic or device hardware (``the screw is fractured``) is a
+device fracture, not a bone fracture. Where the CheXpert labeler's output is plainly wrong
+(``heart size within normal limits`` -> Cardiomegaly 1, ``endplate`` / ``platelike`` / ``tuberculosis``
+-> Support Devices), we keep the clinical reading; docs/evaluation.md lists these cases.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Pattern, Sequence, Tuple
+from functools import lru_cache
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-POSITIVE, NEGATIVE, UNCERTAIN = 1, 0, -1
+from xraygpt.evaluation.labeler_context import NEGATIVE, POSITIVE, UNCERTAIN, classify, mask
+from xraygpt.evaluation.labeler_phrases import (
+    HEDGED_MENTIONS,
+    MENTIONS,
+    OTHER_FINDINGS,
+    STRUCTURE_STATES,
+    STRUCTURE_TRIGGERS,
+    STRUCTURES,
+    TRIGGERS,
+    UNMENTIONS,
+    rx,
+)
+
 Label = Optional[int]  # 1, 0, -1 or None (blank), the CheXpert CSV convention
 
 NO_FINDING = "No Finding"
@@ -58,183 +68,24 @@ OBSERVATIONS: Tuple[str, ...] = (
     SUPPORT_DEVICES,
 )
 PATHOLOGIES: Tuple[str, ...] = tuple(o for o in OBSERVATIONS if o not in (NO_FINDING, SUPPORT_DEVICES))
+OTHER_FINDING = "other finding"  # pseudo-observation of mentions that only block No Finding
 
-
-def _rx(*alternatives: str) -> Pattern[str]:
-    return re.compile("|".join(f"(?:{a})" for a in alternatives))
-
-
-_CARDIAC = r"(?:heart|cardiac)(?: size| silhouette| shadow| contours?)?"
-_MEDIASTINAL = r"(?:cardio ?mediastin\w*|mediastin\w*)(?: silhouette| contours?| size| width)?"
-_NORMAL = r"(?:normal|unremarkable|within normal limits|upper limits? of normal|stable|maintained|not enlarged)"
-
-# Mentions that are findings (their label is then decided by negation / uncertainty).
-MENTION_PATTERNS: Dict[str, Pattern[str]] = {
-    "Enlarged Cardiomediastinum": _rx(
-        rf"\b{_MEDIASTINAL}(?: \w+){{0,3}}? (?:widen\w*|enlarg\w*|prominen\w*)",
-        r"\b(?:widen\w*|enlarg\w*|prominen\w*) (?:of )?(?:the )?(?:superior )?(?:cardio ?)?mediastin\w*",
-        r"\bmediastinal (?:widening|enlargement|mass)",
-    ),
-    "Cardiomegaly": _rx(
-        r"\bcardiomegaly\b",
-        rf"\b{_CARDIAC}(?: \w+){{0,3}}? (?:enlarged|enlargement|increased|large)\b",
-        r"\b(?:enlarg\w*|increased) (?:of )?(?:the )?(?:heart|cardiac silhouette|cardiac size|cardiac shadow)\b",
-    ),
-    "Lung Lesion": _rx(
-        r"\bnodul(?:e|es|ar|arity)\b",
-        r"\bmass(?:es)?\b",
-        r"\b(?<!bony )(?<!bone )(?<!lytic )(?<!osseous )(?<!sclerotic )(?<!skin )lesions?\b",
-        r"\btumou?rs?\b",
-        r"\bneoplas\w*",
-        r"\bcarcinoma\w*",
-        r"\bmalignan\w*",
-        r"\bcavitation\b",
-    ),
-    "Lung Opacity": _rx(
-        r"\b(?<!pleural )opaci(?:ty|ties|fication|fications|fied)\b",
-        r"\binfiltrat\w*",
-        r"\bair ?space (?:disease|process|abnormalit\w*|opacit\w*)",
-        r"\b(?<!bone )(?<!soft tissue )densit(?:y|ies)\b",
-        r"\bground[- ]glass\b",
-        r"\breticul\w* (?:markings|pattern|opacit\w*)",
-        r"\bparenchymal (?:disease|abnormalit\w*)",
-    ),
-    "Edema": _rx(r"\bedema\b", r"\b(?:vascular|pulmonary|venous) congestion\b", r"\bchf\b"),
-    "Consolidation": _rx(r"\bconsolidat\w*"),
-    "Pneumonia": _rx(r"\b(?:broncho)?pneumoni\w*", r"\binfectious process\b"),
-    "Atelectasis": _rx(
-        r"\batelecta\w*",
-        r"\b(?:lobar|lobe|lung) collapse\b",
-        r"\bcollapse of the(?: \w+){0,3}? (?:lobe|lung)\b",
-    ),
-    "Pneumothorax": _rx(r"\b\w*pneumothora\w*"),
-    "Pleural Effusion": _rx(
-        r"\b(?<!pericardial )(?<!joint )effusions?\b",
-        r"\bpleural fluid\b",
-        r"\bhydrothorax\b",
-        r"\bblunt\w*(?: of)?(?: the)?(?: \w+)? costophrenic\b",
-        r"\bcostophrenic (?:angles? )?blunting\b",
-    ),
-    "Pleural Other": _rx(
-        r"\bpleural (?:thickening|plaques?|scar\w*|calcification\w*|opacit\w*)",
-        r"\bcalcified pleura\w*",
-        r"\bthickening of the pleura\b",
-        r"\bfibrothorax\b",
-        r"\bpleuroparenchymal (?:scar\w*|thickening)",
-    ),
-    "Fracture": _rx(r"\bfractur\w*"),
-    SUPPORT_DEVICES: _rx(
-        r"\b(?:endotracheal|tracheostomy|nasogastric|orogastric|feeding|chest|et|ng|og|enteric|nephrostomy) tubes?\b",
-        r"\btubes?\b",
-        r"\btubing\b",
-        r"\btracheostomy\b",
-        r"\bcatheters?\b",
-        r"\bpicc\b",
-        r"\b(?:central|venous|arterial|jugular|subclavian|dialysis|hickman)(?: venous)? lines?\b",
-        r"\bport-?a-?cath\b|\bmediport\b|\bport\b",
-        r"\bpace(?:maker|r)s?\b",
-        r"\b(?:defibrillator|aicd|icd)\b",
-        r"\b(?:pacemaker|pacer|icd|aicd|cardiac|epicardial|transvenous) (?:leads?|wires?)\b",
-        r"\b(?:sternotomy|sternal|surgical|cerclage|epicardial) wires?\b",
-        r"\bstents?\b",
-        r"\b(?:surgical |postsurgical |vascular )?clips?\b",
-        r"\bhardware\b",
-        r"\bprosthe\w*",
-        r"\bvalve replacement\b",
-        r"\bshunt\b",
-        r"\bdrains?\b",
-        r"\bdevices?\b",
-        r"\bstimulator\b",
-        r"\b(?:screw|plate|rod) fixation\b|\bscrews?\b|\bplates?\b(?![- ]like)",
-        r"\bfixation\b",
-        r"\b(?:ivc|vena cava) filter\b",
-        r"\bcoils?\b",
-        r"\bstaples?\b",
-        r"\bswan[- ]ganz\b",
-    ),
-}
-
-# Statements of normality that give a negative mention (as the CheXpert labeler does).
-NORMAL_PATTERNS: Dict[str, Pattern[str]] = {
-    "Cardiomegaly": _rx(
-        rf"\b{_CARDIAC}(?: \w+){{0,4}}? {_NORMAL}",
-        r"\bnormal(?: \w+)? (?:heart|cardiac) (?:size|silhouette)\b",
-    ),
-    "Enlarged Cardiomediastinum": _rx(
-        rf"\b{_MEDIASTINAL}(?: \w+){{0,4}}? {_NORMAL}",
-        r"\bnormal (?:cardio ?)?mediastin\w*",
-    ),
-}
+__all__ = [
+    "NEGATIVE", "NO_FINDING", "OBSERVATIONS", "PATHOLOGIES", "POSITIVE", "SUPPORT_DEVICES", "UNCERTAIN",
+    "Label", "Mention", "aggregate", "classify", "find_mentions", "label_report", "label_reports",
+    "normalise_report",
+]
 
 # Hardware in the clause makes a "fracture" a device fracture.
-_HARDWARE = re.compile(r"\b(?:screws?|wires?|leads?|hardware|plates?|rods?|pins?|prosthe\w*|devices?|catheters?|tubes?)\b")
-
-# Not negations although they contain "no"/"not"/"without": the finding is still there.
-_PSEUDO_NEGATION = _rx(
-    r"\bno (?:significant |interval |appreciable |substantial |definite )*"
-    r"(?:change|increase|decrease|progression|worsening|improvement)\b",
-    r"\bwithout (?:significant |interval |appreciable )*change\b",
-    r"\bnot (?:significantly )?changed\b",
-    r"\bnot only\b",
-)
-
-_PRE_UNCERTAINTY = _rx(
-    r"\b(?:cannot|can not|can't|could not|not) (?:be )?(?:entirely |completely |totally )?(?:exclude[ds]?|ruled? out)\b",
-    r"\bdifficult to (?:exclude|rule out)\b",
-    r"\b(?:to )?(?:rule out|exclude)\b|\br/o\b",
-    r"\bpossib(?:le|ly|ility)\b",
-    r"\bprobabl[ey]\b",
-    r"\b(?:most )?likely\b",
-    r"\b(?:may|might|could)\b",
-    r"\bsuggest(?:s|ive|ing|ion)?\b(?<!to suggest)",
-    r"\b(?:suspicious|suspicion|concern(?:ing)?|worrisome|question(?:able)?)(?: for| of)?\b",
-    r"\bsuspect(?:ed)?\b",
-    r"\bequivocal\b",
-    r"\bindeterminate\b",
-    r"\bborderline\b",
-    r"\bdifferential(?: diagnosis)?(?: includes?| of| considerations?)?\b",
-    r"\b(?:versus|vs)\b",
-    r"\bconsider(?:ed|ation)?\b",
-    r"\bpresumed\b",
-    r"\bperhaps\b",
-    r"\bpotential\b",
-    r"\?",
-)
-_PRE_NEGATION = _rx(
-    r"\bno\b",
-    r"\bnot\b",
-    r"\bn't\b",
-    r"\bnor\b",
-    r"\bneither\b",
-    r"\bwithout\b",
-    r"\bnegative for\b",
-    r"\bfree of\b",
-    r"\bclear of\b",
-    r"\babsence of\b",
-    r"\bresolution of\b",
-    r"\bremoval of\b",
-    r"\bruled out\b",
-)
-_POST_UNCERTAINTY = _rx(
-    r"^\W*(?:versus|vs)\b",
-    r"\b(?:is|are) (?:possible|suspected|questioned|questionable|likely|probable|a consideration|a possibility)\b",
-    r"\b(?:cannot|can not|can't|could not|not) (?:be )?(?:entirely |completely )?(?:excluded|ruled out)\b",
-    r"\b(?:may|might|could) (?:also )?be (?:present|seen)\b",
-)
-_POST_NEGATION = _rx(
-    r"\b(?:is|are|was|were|has been|have been)? ?(?:not|no longer) "
-    r"(?:seen|identified|present|visualized|evident|demonstrated|appreciated|noted|detected)\b",
-    r"\b(?:has |have )?(?:resolved|cleared)\b",
-    r"\b(?:is |are )?absent\b",
-    r"\b(?:has |have )?(?:been )?removed\b",
-)
-
-_SENTENCE_SPLIT = re.compile(r"(?<!\d)\.(?!\d)|[;:\n]")
-_CLAUSE_SPLIT = _rx(
+_HARDWARE = re.compile(r"\b(?:screws?|wires?|leads?|hardware|plates?|rods?|pins?|prosthe\w*|devices?|catheters?|"
+                       r"tubes?|sternotomy)\b")
+_SENTENCE_SPLIT = re.compile(r"(?<!\d)\.(?!\d)|[;:\n]|\s\d\.\s")
+_CLAUSE_SPLIT = rx(
     r"\b(?:but|however|although|though|except|whereas|otherwise|yet)\b",
     r"\b(?:aside|apart) from\b",
-    r",? and there (?:is|are)\b|, there (?:is|are)\b",
+    r",? and there (?:is|are)\b|, there (?:is|are)\b|, (?=(?:no|not)\b)",
 )
+_ENTITY = re.compile(r"&(?:gt|lt|amp);")
 
 
 @dataclass(frozen=True)
@@ -251,7 +102,7 @@ def normalise_report(text: object) -> str:
     """Lower case, single spaces; OpenI's ``x-XXXX`` becomes ``x-ray``. NaN/None become ''."""
     if text is None or (isinstance(text, float) and text != text):
         return ""
-    text = re.sub(r"\bx-xxxx\b", "x-ray", str(text).lower())
+    text = _ENTITY.sub(" ", re.sub(r"\bx-xxxx\b", "x-ray", str(text).lower()))
     return " ".join(text.split())
 
 
@@ -263,55 +114,85 @@ def _clauses(text: str) -> Iterable[str]:
                 yield clause
 
 
-def _mask(text: str, pattern: Pattern[str]) -> str:
-    """Blank out matches so that words inside them (e.g. the 'not' of 'cannot exclude') stop counting."""
-    return pattern.sub(lambda m: "_" * len(m.group()), text)
+def _structure_state(clause: str, start: int, end: int) -> Optional[int]:
+    """The state a predicate gives the heart / mediastinum named at clause[start:end], if any."""
+    before = clause[:start].rsplit(",", 1)[-1]
+    after = clause[end:]
+    # The predicate follows the subject list ("heart size, mediastinal contour ... are normal");
+    # the words just before the structure are its modifiers ("borderline heart size").
+    segment = before[-40:] + " " + clause[start:end] + " " + after
+    for label, pattern in STRUCTURE_STATES:
+        if pattern.search(segment):
+            return label
+    return None
 
 
-def classify(before: str, after: str) -> int:
-    """Label of a mention from the clause text before and after it."""
-    before, after = _mask(before, _PSEUDO_NEGATION), _mask(after, _PSEUDO_NEGATION)
-    if _POST_UNCERTAINTY.search(after):
-        return UNCERTAIN
-    if _PRE_NEGATION.search(_mask(before, _PRE_UNCERTAINTY)):
-        return NEGATIVE
-    # Hedges reach only to the next comma; negations run through lists ("no A, B, or C").
-    if _PRE_UNCERTAINTY.search(before.rsplit(",", 1)[-1]):
-        return UNCERTAIN
-    if _POST_NEGATION.search(after):
-        return NEGATIVE
-    return POSITIVE
+def _literal_rx(words: Tuple[str, ...]) -> "re.Pattern[str]":
+    return re.compile("|".join(re.escape(w) for w in words))
+
+
+_TRIGGER_RX = {o: _literal_rx(t) for o, t in TRIGGERS.items()}
+_STRUCTURE_TRIGGER_RX = {o: _literal_rx(t) for o, t in STRUCTURE_TRIGGERS.items()}
+
+
+@lru_cache(maxsize=1 << 16)
+def _clause_mentions(clause: str, use_triggers: bool = True) -> Tuple[Mention, ...]:
+    """Mentions of one clause. Cached: report corpora repeat sentences ("No pneumothorax.") endlessly."""
+    mentions: List[Mention] = []
+    for observation, pattern in MENTIONS.items():
+        if use_triggers and not _TRIGGER_RX[observation].search(clause):
+            continue
+        if not pattern.search(clause):
+            continue
+        text = mask(clause, UNMENTIONS[observation]) if observation in UNMENTIONS else clause
+        for match in pattern.finditer(text):
+            if observation == "Fracture" and _HARDWARE.search(clause):
+                continue
+            # The mention's own leading words count as context ("heart is not enlarged").
+            head = match.group().rsplit(" ", 1)[0] + " " if " " in match.group() else ""
+            label = classify(clause[: match.start()] + head, clause[match.end():])
+            if label == POSITIVE and observation in HEDGED_MENTIONS and HEDGED_MENTIONS[observation].search(match.group()):
+                label = UNCERTAIN
+            mentions.append(Mention(observation, match.group(), label, clause))
+    for observation, pattern in STRUCTURES.items():
+        if use_triggers and not _STRUCTURE_TRIGGER_RX[observation].search(clause):
+            continue
+        text = mask(clause, UNMENTIONS[observation])
+        for match in pattern.finditer(text):
+            state = _structure_state(clause, match.start(), match.end())
+            if state is None:
+                continue
+            if state == POSITIVE:
+                state = classify(clause[: match.start()], clause[match.end():])
+            mentions.append(Mention(observation, match.group(), state, clause))
+    for match in OTHER_FINDINGS.finditer(clause):
+        label = classify(clause[: match.start()], clause[match.end():])
+        mentions.append(Mention(OTHER_FINDING, match.group(), label, clause))
+    return tuple(mentions)
 
 
 def find_mentions(report: object) -> List[Mention]:
     """All observation mentions of a report, each with its clause-level label."""
     mentions: List[Mention] = []
     for clause in _clauses(normalise_report(report)):
-        for observation, pattern in MENTION_PATTERNS.items():
-            for match in pattern.finditer(clause):
-                if observation == "Fracture" and _HARDWARE.search(clause):
-                    continue
-                # The mention's own leading words count as context ("heart is not enlarged").
-                head = match.group().rsplit(" ", 1)[0] + " " if " " in match.group() else ""
-                label = classify(clause[: match.start()] + head, clause[match.end():])
-                mentions.append(Mention(observation, match.group(), label, clause))
-        for observation, pattern in NORMAL_PATTERNS.items():
-            for match in pattern.finditer(clause):
-                mentions.append(Mention(observation, match.group(), NEGATIVE, clause))
+        mentions.extend(_clause_mentions(clause))
     return mentions
 
 
 def aggregate(mentions: Sequence[Mention], has_text: bool = True) -> Dict[str, Label]:
     """Report-level labels: positive > uncertain > negative > blank; then the No Finding rule."""
+    found: Dict[str, set] = {}
+    for m in mentions:
+        found.setdefault(m.observation, set()).add(m.label)
     labels: Dict[str, Label] = {o: None for o in OBSERVATIONS}
     for observation in OBSERVATIONS:
-        found = {m.label for m in mentions if m.observation == observation}
         for label in (POSITIVE, UNCERTAIN, NEGATIVE):
-            if label in found:
+            if label in found.get(observation, ()):
                 labels[observation] = label
                 break
     abnormal = any(labels[o] in (POSITIVE, UNCERTAIN) for o in PATHOLOGIES)
-    labels[NO_FINDING] = POSITIVE if has_text and not abnormal else None
+    other = bool(found.get(OTHER_FINDING, set()) & {POSITIVE, UNCERTAIN})
+    labels[NO_FINDING] = POSITIVE if has_text and not abnormal and not other else None
     return labels
 
 

@@ -16,8 +16,9 @@ impression. The mapping (head term, qualifiers lower-cased):
 * Enlarged Cardiomediastinum <- ``Mediastinum`` qualified enlarged/widened/wide;
 * Fracture <- ``Fractures, Bone``, ``Fractures``; Support Devices <- tubes, catheters, surgical instruments,
   devices, pacemakers, stents, implants (see ``_DEVICE_TERMS``);
-* No Finding: positive when no term maps to one of the 12 pathologies (CheXpert's definition, which
-  ignores findings outside its 14 observations, e.g. granulomas or degenerative spine changes).
+* Lung Opacity also <- ``Cicatrix`` (scar) and ``Markings/interstitial``, as CheXpert counts them;
+* No Finding: positive when every term is ``normal`` or a device (CheXpert's definition: a granuloma or a
+  degenerative spine is an "other finding" that also leaves No Finding blank).
 
 Severity qualifiers (``/mild``, ``/borderline``) do not change presence. Rows indexed ``No Indexing``
 and rows with neither findings nor impression are skipped and counted.
@@ -31,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from xraygpt.evaluation.chexpert_labeler import NO_FINDING, OBSERVATIONS, PATHOLOGIES, POSITIVE, Label, label_report
+from xraygpt.evaluation.chexpert_labeler import NO_FINDING, OBSERVATIONS, POSITIVE, SUPPORT_DEVICES, Label, label_report
 from xraygpt.evaluation.clinical_efficacy import UncertainPolicy, binarize, clinical_efficacy
 
 _HEAD_TERMS: Dict[str, str] = {
@@ -48,6 +49,7 @@ _HEAD_TERMS: Dict[str, str] = {
     "airspace disease": "Lung Opacity",
     "infiltrate": "Lung Opacity",
     "density": "Lung Opacity",
+    "cicatrix": "Lung Opacity",
     "nodule": "Lung Lesion",
     "mass": "Lung Lesion",
     "lung neoplasms": "Lung Lesion",
@@ -70,6 +72,8 @@ def mesh_term_observation(term: str) -> str | None:
     head, *qualifiers = [p.strip().lower() for p in term.split("/")]
     if "pleura" in qualifiers and head in _PLEURAL_OTHER_HEADS:
         return "Pleural Other"
+    if head == "markings" and "interstitial" in qualifiers:
+        return "Lung Opacity"
     if head == "cardiac shadow" and "enlarged" in qualifiers:
         return "Cardiomegaly"
     if head == "mediastinum" and _WIDENED.intersection(qualifiers):
@@ -86,7 +90,10 @@ def mesh_labels(mesh: str) -> Dict[str, Label]:
         observation = mesh_term_observation(term)
         if observation:
             labels[observation] = POSITIVE
-    if not any(labels[o] == POSITIVE for o in PATHOLOGIES):
+    # CheXpert's No Finding: no pathology, and no other abnormal finding either (granuloma, degenerative
+    # spine, hernia...): only "normal" and device terms leave it set.
+    terms = [t.strip() for t in mesh.split(";") if t.strip()]
+    if all(t.lower() == "normal" or mesh_term_observation(t) == SUPPORT_DEVICES for t in terms):
         labels[NO_FINDING] = POSITIVE
     return labels
 

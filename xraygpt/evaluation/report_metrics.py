@@ -57,6 +57,9 @@ class ReportMetrics:
     per_sample: Dict[str, List[float]]
     tokenizer: str
     notes: List[str] = field(default_factory=list)
+    # The tokenised texts the scorers saw ({i: [text]}), for per-sample statistics (bootstrap, compare).
+    tokenized_references: Dict[int, List[str]] = field(default_factory=dict)
+    tokenized_predictions: Dict[int, List[str]] = field(default_factory=dict)
 
 
 def java_available() -> bool:
@@ -169,7 +172,8 @@ def compute_report_metrics(
     elif use_java:
         notes.append("METEOR skipped (meteor=False)")
     ordered = {key: corpus[key] for key in REPORT_METRIC_KEYS}
-    return ReportMetrics(corpus=ordered, per_sample=per_sample, tokenizer=tokenizer, notes=notes)
+    return ReportMetrics(corpus=ordered, per_sample=per_sample, tokenizer=tokenizer, notes=notes,
+                         tokenized_references=gts, tokenized_predictions=res)
 
 
 def _score_bleu_rouge_cider(gts, res, corpus: dict, per_sample: dict) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
 
+from xraygpt.evaluation.bootstrap import bootstrap_intervals, report_metric_set, vqa_metric_set
 from xraygpt.evaluation.chexpert_labeler import label_reports
 from xraygpt.evaluation.clinical_efficacy import UncertainPolicy, clinical_efficacy
 from xraygpt.evaluation.report_metrics import REPORT_METRIC_KEYS, JavaMode, compute_report_metrics
@@ -25,6 +26,9 @@ def score_reports(
     java: JavaMode = "auto",
     meteor: bool = True,
     uncertain: UncertainPolicy = "negative",
+    bootstrap: int = 0,
+    bootstrap_seed: int = 0,
+    groups: Optional[Sequence[object]] = None,
 ) -> Dict[str, object]:
     """Score generated texts against references.
 
@@ -32,7 +36,9 @@ def score_reports(
     the others are reports (BLEU-1..4, METEOR, ROUGE-L, CIDEr, CheXpert clinical efficacy).
     Returns ``{"summary": flat name -> float|None, "report": {...}, "vqa": {...}, "per_sample": [...]}``;
     ``summary`` is what to log, ``per_sample`` lines up with the inputs.
-    ``meteor=False`` avoids METEOR's ~30 s Java start-up (e.g. per-epoch validation).
+    ``meteor=False`` avoids METEOR's Java start-up (e.g. per-epoch validation).
+    ``bootstrap=N`` adds ``confidence_intervals``: 95% percentile intervals of every summary metric and
+    per-observation F1 from N seeded resamples of ``groups`` (study ids; default: one per sample).
     """
     n = len(predictions)
     if len(references) != n:
@@ -41,6 +47,10 @@ def score_reports(
         raise ValueError(f"{n} predictions but {len(questions)} questions")
     if n == 0:
         raise ValueError("nothing to score: no predictions")
+    if groups is not None and len(groups) != n:
+        raise ValueError(f"{n} predictions but {len(groups)} group ids")
+    groups = list(range(n)) if groups is None else list(groups)
+    intervals: Dict[str, dict] = {}
     is_vqa = [bool(questions is not None and questions[i]) for i in range(n)]
     report_idx = [i for i in range(n) if not is_vqa[i]]
     vqa_idx = [i for i in range(n) if is_vqa[i]]
@@ -69,6 +79,12 @@ def score_reports(
             per_sample[i]["metrics"] = {k: v[j] for k, v in nlg.per_sample.items()}
             per_sample[i]["labels_pred"] = _compact_labels(pred_labels[j])
             per_sample[i]["labels_ref"] = _compact_labels(ref_labels[j])
+            per_sample[i]["tokens_pred"] = nlg.tokenized_predictions[j][0]
+            per_sample[i]["tokens_ref"] = nlg.tokenized_references[j][0]
+        if bootstrap:
+            metric_set = report_metric_set(nlg.tokenized_references, nlg.tokenized_predictions, nlg.per_sample,
+                                           pred_labels, ref_labels, uncertain)
+            intervals.update(bootstrap_intervals(metric_set, [groups[i] for i in report_idx], bootstrap, bootstrap_seed))
 
     if vqa_idx:
         vqa = score_vqa([predictions[i] for i in vqa_idx], [references[i] for i in vqa_idx])
@@ -77,6 +93,16 @@ def score_reports(
         summary.update({f"VQA_{k}": vqa[k] for k in ("closed_accuracy", "open_token_f1", "open_exact_match")})
         for item, i in zip(items, vqa_idx):
             per_sample[i]["metrics"] = {f"VQA_{item['type']}": item["score"]}
+            if item["type"] == "open":
+                per_sample[i]["metrics"]["VQA_open_exact"] = item["exact"]
+        if bootstrap:
+            intervals.update(bootstrap_intervals(vqa_metric_set(items), [groups[i] for i in vqa_idx], bootstrap,
+                                                 bootstrap_seed))
+    if bootstrap:
+        result["confidence_intervals"] = {
+            "method": "percentile bootstrap over studies", "level": 0.95, "resamples": bootstrap,
+            "seed": bootstrap_seed, "n_studies": len(set(map(str, groups))), "metrics": intervals,
+        }
     return result
 
 
@@ -85,22 +111,49 @@ def _fmt(value: Optional[float]) -> str:
 
 
 def format_summary(result: Dict[str, object]) -> str:
-    """Human-readable lines for the terminal."""
+    """Human-readable lines for the terminal; with bootstrap intervals each value reads ``v [low, high]``."""
+    cis = (result.get("confidence_intervals") or {}).get("metrics", {})
+
+    def val(name: str, value: Optional[float]) -> str:
+        ci = cis.get(name)
+        if ci is None or ci["low"] is None or value is None:
+            return _fmt(value)
+        return f"{_fmt(value)} [{ci['low']:.4f}, {ci['high']:.4f}]"
+
     lines = []
     report = result.get("report")
     if report:
-        metrics = "  ".join(f"{k} {_fmt(v)}" for k, v in report["metrics"].items())
-        lines.append(f"reports: {report['n']} ({report['tokenizer']} tokenizer)  {metrics}")
+        lines.append(f"reports: {report['n']} ({report['tokenizer']} tokenizer)")
+        lines.append("  " + "  ".join(f"{k} {val(k, v)}" for k, v in report["metrics"].items()))
         ce = report["clinical_efficacy"]
         for avg in ("micro", "macro"):
-            values = "  ".join(f"{k} {_fmt(v)}" for k, v in ce[avg].items())
+            values = "  ".join(f"{k} {val(f'CE_{avg}_{k}', v)}" for k, v in ce[avg].items())
             lines.append(f"clinical efficacy {avg} (uncertain -> {ce['uncertain']}): {values}")
         lines.extend(f"note: {note}" for note in report["notes"])
     vqa = result.get("vqa")
     if vqa:
         lines.append(
-            f"VQA: closed accuracy {_fmt(vqa['closed_accuracy'])} ({vqa['n_closed']} items)  "
-            f"open token F1 {_fmt(vqa['open_token_f1'])} ({vqa['n_open']} items)"
+            f"VQA: closed accuracy {val('VQA_closed_accuracy', vqa['closed_accuracy'])} ({vqa['n_closed']} items)  "
+            f"open token F1 {val('VQA_open_token_f1', vqa['open_token_f1'])} ({vqa['n_open']} items)"
         )
+    if cis:
+        meta = result["confidence_intervals"]
+        lines.append(f"[low, high]: {int(meta['level'] * 100)}% {meta['method']} "
+                     f"({meta['resamples']} resamples, seed {meta['seed']}, {meta['n_studies']} studies)")
     return "\n".join(lines)
 
+
+
+def add_learned_metrics(result: Dict[str, object], records: Sequence[Dict[str, object]],
+                        settings: Optional[Dict[str, object]]) -> None:
+    """CheXbert / RadGraph F1 of the report samples into ``result`` when their packages and files are local."""
+    from xraygpt.evaluation.learned_metrics import learned_scores
+
+    report = result.get("report")
+    if not report:
+        return
+    pairs = [(r["prediction"], r["reference"]) for r in records if not r.get("question")]
+    scores, notes = learned_scores([p for p, _ in pairs], [t for _, t in pairs], settings)
+    report["learned_metrics"] = scores
+    report["notes"].extend(notes)
+    result["summary"].update(scores)

@@ -61,7 +61,7 @@ def score_vqa(predictions: Sequence[str], references: Sequence[str]) -> Dict[str
             f1 = token_f1(pred, ref)
             open_f1.append(f1)
             open_exact.append(float(normalise_answer(pred) == normalise_answer(ref)))
-            per_item.append({"type": "open", "score": f1})
+            per_item.append({"type": "open", "score": f1, "exact": open_exact[-1]})
 
     def mean(values: List[float]) -> Optional[float]:
         return sum(values) / len(values) if values else None

@@ -34,6 +34,9 @@ def read_state_dict(path: str | os.PathLike, what: str) -> StateDict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} not found at {path}: put the file there or fix the config key that points to it")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"cannot read {what} from {path}: the file is empty (0 bytes; an interrupted copy or "
+                              "download?); replace it with the complete file")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -42,7 +45,8 @@ def read_state_dict(path: str | os.PathLike, what: str) -> StateDict:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, non-tensor objects
-        raise CheckpointError(f"cannot read {what} from {path}: {exc}") from exc
+        reason = str(exc) or type(exc).__name__  # torch.load's EOFError on a cut-off file has no message
+        raise CheckpointError(f"cannot read {what} from {path}: {reason} (a truncated or foreign file?)") from exc
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
         state = state["model"]
     elif isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):

@@ -84,12 +84,14 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def make_loader(dataset: Dataset, sampler: ResumableBatchSampler, num_workers: int, pin_memory: bool) -> DataLoader:
+def make_loader(dataset: Dataset, sampler: ResumableBatchSampler, num_workers: int, pin_memory: bool,
+                collate_fn: Optional[Callable[[List[Any]], Any]] = None) -> DataLoader:
+    """``collate_fn`` defaults to the dataset's own (:func:`collate_fn_of`)."""
     return DataLoader(
         dataset,
         batch_sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate_fn_of(dataset),
+        collate_fn=collate_fn or collate_fn_of(dataset),
         pin_memory=pin_memory,
         # Its own generator: creating an iterator must not draw from the global RNG,
         # or a resumed run's RNG would drift from the uninterrupted one.

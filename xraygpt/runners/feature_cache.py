@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Protocol, Tuple
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 from xraygpt.common.dist_utils import DistInfo, barrier
-from xraygpt.runners.data import SeededSamples, make_loader
+from xraygpt.runners.data import SKIPPED_KEY, SeededSamples, make_loader
 from xraygpt.runners.samplers import ResumableBatchSampler
 from xraygpt.common.errors import DataError
 from xraygpt.common.fileio import atomic_write_with
@@ -83,33 +84,63 @@ def image_hash(image: torch.Tensor) -> str:
 
 
 def draws_differ(dataset: Dataset, seed: int) -> tuple[bool, bool]:
-    """Load sample 0 under two seeds: (image differs = random augmentation, text differs = random prompts)."""
-    first, second = SeededSamples(dataset, seed)[0], SeededSamples(dataset, seed + 1)[0]
+    """Load one sample under two seeds: (image differs = random augmentation, text differs = random prompts).
+
+    The first sample that loads is used: bad ones (``None`` under ``on_bad_sample: skip``) are passed over.
+    """
+    for index in range(len(dataset)):  # type: ignore[arg-type]
+        first, second = SeededSamples(dataset, seed)[index], SeededSamples(dataset, seed + 1)[index]
+        if first is not None and second is not None:
+            break
+    else:
+        return False, False
     image_differs = not torch.equal(first["image"], second["image"])
     text_differs = {k: v for k, v in first.items() if k != "image"} != {k: v for k, v in second.items() if k != "image"}
     return image_differs, text_differs
 
 
+def _as_list(samples: List[Any]) -> List[Any]:
+    """Collate that keeps the samples as they are (``None`` for a skipped one), in sampler order."""
+    return list(samples)
+
+
 class CachedFeatures(Dataset):
     """The wrapped dataset's samples with ``image_features`` from the cache instead of ``image``."""
 
-    def __init__(self, dataset: Dataset, files: List[Path], texts: Optional[List[Dict[str, Any]]]):
+    def __init__(self, dataset: Dataset, files: List[Path], texts: Optional[List[Dict[str, Any]]],
+                 indices: Optional[List[int]] = None, skipped: int = 0):
         self.dataset, self.files, self.texts = dataset, files, texts
+        self.indices = list(range(len(files))) if indices is None else indices
+        """Index in ``dataset`` of each cached sample: bad samples (``on_bad_sample: skip``) have no entry."""
+        self.skipped = skipped
+        """Samples of ``dataset`` left out as bad when the cache was filled."""
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
+    def __getitem__(self, index: int) -> Optional[Dict[str, Any]]:
         if self.texts is not None:
             sample = dict(self.texts[index])
         else:  # the text varies between draws (e.g. random prompts): read it fresh, drop the image
-            sample = {k: v for k, v in self.dataset[index].items() if k != "image"}
-        sample["image_features"] = load_file(str(self.files[index]))["features"]
+            drawn = self.dataset[self.indices[index]]
+            if drawn is None:  # became unreadable since the cache was filled (and the policy is skip)
+                return None
+            sample = {k: v for k, v in drawn.items() if k != "image"}
+        path = self.files[index]
+        try:
+            sample["image_features"] = load_file(str(path))["features"]
+        except (SafetensorError, OSError, KeyError) as exc:
+            raise FeatureCacheError(f"feature cache entry {path} cannot be read ({exc}); delete it and rerun "
+                                    "to recompute it") from None
         return sample
 
     @staticmethod
-    def collater(samples: List[Dict[str, Any]]) -> Dict[str, Any]:
-        batch: Dict[str, Any] = {key: [s[key] for s in samples] for key in samples[0]}
+    def collater(samples: List[Optional[Dict[str, Any]]]) -> Optional[Dict[str, Any]]:
+        kept = [s for s in samples if s is not None]
+        if not kept:
+            return None
+        batch: Dict[str, Any] = {key: [s[key] for s in kept] for key in kept[0]}
+        batch[SKIPPED_KEY] = len(samples) - len(kept)
         batch["image_features"] = torch.stack(batch["image_features"])
         return batch
 
@@ -132,29 +163,58 @@ class FeatureCache:
         _, text_varies = draws_differ(dataset, seed)
         sampler = ResumableBatchSampler(len(dataset), self.batch_size, rank=self.dist.rank,
                                         world_size=self.dist.world_size, shuffle=False, drop_last=False)
-        found: Dict[int, tuple[str, Dict[str, Any]]] = {}
+        # index -> (content hash, text fields); None for a bad sample skipped under on_bad_sample: skip
+        found: Dict[int, Optional[tuple[str, Dict[str, Any]]]] = {}
         computed = reused = 0
         was_training = self.model.training
         self.model.eval()
-        for indices, batch in zip(sampler, make_loader(SeededSamples(dataset, seed), sampler, self.num_workers, False)):
-            digests = [image_hash(img) for img in batch["image"]]
-            for row, (index, digest) in enumerate(zip(indices, digests)):
-                found[index] = (digest, {k: v[row] for k, v in batch.items() if k != "image" and isinstance(v, list)})
-            todo = [row for row, digest in enumerate(digests) if not self._path(digest).is_file()]
+        loader = make_loader(SeededSamples(dataset, seed), sampler, self.num_workers, False, collate_fn=_as_list)
+        for indices, samples in zip(sampler, loader):
+            # Samples stay uncollated so each keeps its index, whichever of them were skipped as bad.
+            rows = [(index, sample) for index, sample in zip(indices, samples) if sample is not None]
+            found.update({index: None for index, sample in zip(indices, samples) if sample is None})
+            if not rows:
+                continue
+            images = torch.stack([sample["image"] for _, sample in rows])
+            digests = [image_hash(img) for img in images]
+            for (index, sample), digest in zip(rows, digests):
+                found[index] = (digest, {k: v for k, v in sample.items() if k != "image" and not torch.is_tensor(v)})
+            todo = [row for row, digest in enumerate(digests) if not self._usable(self._path(digest))]
             reused += len(digests) - len(todo)
             if todo:
                 with self.autocast():
-                    features = self.model.encode_features(batch["image"][todo].to(self._device())).float().cpu()
+                    features = self.model.encode_features(images[todo].to(self._device())).float().cpu()
                 for k, row in enumerate(todo):
                     self._write(digests[row], features[k])
                 computed += len(todo)
         self.model.train(was_training)
         found = self._gather(found)
+        kept = [i for i in range(len(dataset)) if found[i] is not None]
+        skipped = len(dataset) - len(kept)
         logger.info("feature cache %s (%s split): %d computed, %d reused by rank %d", self.folder, name, computed,
                     reused, self.dist.rank)
-        files = [self._path(found[i][0]) for i in range(len(dataset))]
-        texts = None if text_varies else [found[i][1] for i in range(len(dataset))]
-        return CachedFeatures(dataset, files, texts)
+        if skipped:
+            logger.warning("feature cache (%s split): %d bad sample(s) left out (run.on_bad_sample: skip; the files "
+                           "are named in the warnings above)", name, skipped)
+        files = [self._path(found[i][0]) for i in kept]
+        texts = None if text_varies else [found[i][1] for i in kept]
+        return CachedFeatures(dataset, files, texts, kept, skipped)
+
+    @staticmethod
+    def _usable(path: Path) -> bool:
+        """An existing, complete entry; a truncated or empty one is named, deleted and so recomputed."""
+        if not path.is_file():
+            return False
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                if "features" in handle.keys():
+                    return True
+            problem = "has no 'features' tensor"
+        except (SafetensorError, OSError) as exc:
+            problem = f"is truncated or corrupt ({exc})"
+        logger.warning("feature cache entry %s %s: deleting it and computing it again", path, problem)
+        path.unlink(missing_ok=True)
+        return False
 
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device

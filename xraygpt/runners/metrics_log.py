@@ -19,7 +19,8 @@ def format_eta(seconds: float) -> str:
 class MetricsLog:
     """Appends one JSON object per event to ``log.jsonl`` and mirrors scalars to TensorBoard."""
 
-    def __init__(self, job_dir: Optional[Path], enabled: bool = True):
+    def __init__(self, job_dir: Optional[Path], enabled: bool = True, purge_step: Optional[int] = None):
+        """``purge_step``: a resumed run's first step; TensorBoard drops the older run's events from there on."""
         self.enabled = enabled and job_dir is not None
         self._jsonl = None
         self._tb = None
@@ -31,7 +32,7 @@ class MetricsLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(job_dir / "tensorboard"))
+            self._tb = SummaryWriter(log_dir=str(job_dir / "tensorboard"), purge_step=purge_step)
         except ImportError:  # tensorboard is an optional extra
             logger.warning("tensorboard is not installed: metrics go to log.jsonl only (pip install tensorboard)")
 

@@ -33,9 +33,9 @@ from xraygpt.common.dist_utils import (
     broadcast_object,
     init_distributed,
 )
+from xraygpt.common.errors import ConfigurationError, DataError, XrayGPTError
 from xraygpt.common.fileio import atomic_write_text, atomic_write_with
 from xraygpt.common.optims import build_optimizer, build_scheduler
-from xraygpt.common.errors import ConfigurationError
 from xraygpt.common.registry import registry
 from xraygpt.runners import distributed_checkpoint as dcp_ckpt
 from xraygpt.runners import fsdp
@@ -47,6 +47,7 @@ from xraygpt.runners.feature_cache import (
     encoder_fingerprint,
 )
 from xraygpt.runners.data import SKIPPED_KEY, BatchStream, SeededSamples, make_loader, to_device
+from xraygpt.runners.job_folder import JobPlan, plan_job
 from xraygpt.runners.metrics_log import MetricsLog, format_eta
 from xraygpt.runners.samplers import ResumableBatchSampler
 
@@ -95,16 +96,20 @@ class RunnerBase:
         self.model = model.to(self.device)
         self.datasets = self.image_datasets = datasets
         self.amp_dtype = self._amp_dtype()
-        if self.run_cfg.cache_visual_features:
-            self.datasets = self._cached_datasets()
+        self.cache_skipped = 0
+        """Bad training samples the feature cache left out (the same count on every rank)."""
         self.job_dir = self._job_dir()
         self.ckpt_dir = self.job_dir / "checkpoints"
-        self.log = MetricsLog(self.job_dir, enabled=self.dist.is_main)
-        if self.dist.is_main:
-            (self.job_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
-            removed = ckpt.remove_stale_temporaries(self.ckpt_dir)
-            if removed:
-                logger.warning("removed %d incomplete checkpoint folder(s) left by an interrupted save", removed)
+        if self.run_cfg.evaluate:  # validate only: the job folder (maybe a finished run) is not written
+            self.plan, self.log = JobPlan(), MetricsLog(None, enabled=False)
+        else:  # before any slow work: a job folder this run may not use is refused now, not at the first save
+            self.plan = self._plan_job()
+            self.log = MetricsLog(self.job_dir, enabled=self.dist.is_main,
+                                  purge_step=self.plan.resumed_step + 1 if self.plan.resume_from else None)
+            if self.dist.is_main:
+                atomic_write_text(self.job_dir / "config.yaml", cfg.to_yaml())
+        if self.run_cfg.cache_visual_features:
+            self.datasets = self._cached_datasets()
 
     # ------------------------------------------------------------------ set-up
     def _amp_dtype(self) -> Optional[torch.dtype]:
@@ -135,7 +140,22 @@ class RunnerBase:
         for split in dict.fromkeys([*rc.train_splits, *rc.valid_splits]):
             if cached.get(split) is not None:
                 cached[split] = cache.wrap(cached[split], rc.seed, split)
+        # Bad training samples left out of the cache (on_bad_sample: skip); the same number on every rank.
+        self.cache_skipped = sum(cached[s].skipped for s in dict.fromkeys(rc.train_splits) if cached.get(s) is not None)
         return cached
+
+    def _plan_job(self) -> JobPlan:
+        """Decide on the main process whether this run may use its job folder; every rank gets the answer."""
+        outcome: Any = None
+        if self.dist.is_main:
+            try:
+                outcome = plan_job(self.job_dir, self.run_cfg.resume_ckpt_path, bool(self.run_cfg.overwrite))
+            except XrayGPTError as exc:
+                outcome = exc
+        outcome = broadcast_object(outcome)
+        if isinstance(outcome, XrayGPTError):
+            raise outcome
+        return outcome
 
     def _job_dir(self) -> Path:
         job_id = self.run_cfg.job_id or datetime.now().strftime("%Y%m%d%H%M%S")
@@ -162,7 +182,8 @@ class RunnerBase:
         rc = self.run_cfg
         dataset = self._split(list(rc.train_splits))
         if dataset is None:
-            raise ValueError(f"no training data: run.train_splits {list(rc.train_splits)} built nothing")
+            raise DataError(f"no training data: run.train_splits {list(rc.train_splits)} built no samples "
+                            f"(built splits: {sorted(k for k, v in self.datasets.items() if v is not None)})")
         lengths = self.task.sample_lengths(dataset) if rc.group_by_length else None
         sampler = ResumableBatchSampler(
             len(dataset), rc.batch_size_train, rank=self.dist.rank, world_size=self.dist.world_size,
@@ -207,8 +228,8 @@ class RunnerBase:
         scheduler = build_scheduler(optimizer, rc, iters_per_epoch)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         state = TrainState()
-        if rc.resume_ckpt_path:
-            state = self._resume(Path(rc.resume_ckpt_path), optimizer, scheduler, scaler, stream)
+        if self.plan.resume_from is not None:
+            state = self._resume(self.plan.resume_from, optimizer, scheduler, scaler, stream)
         model = self._wrap()
         total_steps = rc.max_epoch * iters_per_epoch
         self._log_start(iters_per_epoch, total_steps, accum)
@@ -506,6 +527,7 @@ class RunnerBase:
     def _report_skipped(self, stream: BatchStream) -> None:
         counts = torch.tensor([stream.skipped_samples], dtype=torch.float64)
         all_reduce_sum(counts)
+        counts += self.cache_skipped
         if counts.item() and self.dist.is_main:
             logger.warning("skipped %d bad training sample(s) in total (run.on_bad_sample: skip; files are listed "
                            "in the warnings above)", int(counts.item()))

@@ -6,13 +6,12 @@ Binds 127.0.0.1 unless ``--host`` says otherwise; serving beyond this machine ne
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 from pathlib import Path
 from typing import List, Optional
 
-from xraygpt.common.cli import run_cli, setup_logging
+from xraygpt.common.cli import is_loopback, run_cli, setup_logging
 from xraygpt.common.config import Config, add_config_arguments
 from xraygpt.common.errors import ConfigurationError
 from xraygpt.serve.settings import ServeSettings
@@ -51,15 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="max_tokens when a request gives none")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def settings_from(args: argparse.Namespace) -> ServeSettings:
