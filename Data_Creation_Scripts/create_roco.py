@@ -4,7 +4,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from xraygpt.common.cli import run_cli  # noqa: E402
 from xraygpt.data_creation.cli import roco_main  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(roco_main())
+    run_cli(roco_main)

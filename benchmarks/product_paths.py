@@ -133,7 +133,7 @@ def child_chat(args) -> int:
     import torch
 
     from xraygpt import demo
-    from xraygpt.conversation.generation import GenerationSettings
+    from xraygpt.conversation.decoding_settings import GenerationSettings
     from xraygpt.models import fast_generation
 
     new_tokens: list[int] = []

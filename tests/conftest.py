@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,39 @@ def _reset_seed_and_dtype():
     dtype = torch.get_default_dtype()
     yield
     torch.set_default_dtype(dtype)
+
+
+# torch._dynamo settings the package changes (models/regional_compile.py raises the recompile limits).
+_DYNAMO_KEYS = ("cache_size_limit", "recompile_limit")
+
+
+@pytest.fixture(autouse=True)
+def _restore_registry_and_dynamo():
+    """Undo what a test registers or replaces in the registry, and the dynamo limits it raises.
+
+    Names the package registers while a test first imports one of its modules stay: the module
+    will not run its ``register_*`` decorators a second time.
+    """
+    from xraygpt.common.registry import registry
+
+    tables = {kind: dict(table) for kind, table in registry._tables.items()}
+    paths = dict(registry._paths)
+    dynamo = sys.modules.get("torch._dynamo")
+    limits = {key: getattr(dynamo.config, key) for key in _DYNAMO_KEYS if hasattr(dynamo.config, key)} if dynamo else {}
+    yield
+    for kind, table in registry._tables.items():
+        before = tables.get(kind, {})
+        for name in [n for n, obj in table.items() if n not in before and not _from_package(obj)]:
+            del table[name]
+        table.update(before)
+    registry._paths.clear()
+    registry._paths.update(paths)
+    for key, value in limits.items():
+        setattr(dynamo.config, key, value)
+
+
+def _from_package(obj) -> bool:
+    return str(getattr(obj, "__module__", "")).startswith("xraygpt.")
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import pytest
 
 from xraygpt.common.config import Config, ConfigError, add_config_arguments
 from xraygpt.common.registry import registry
+from xraygpt.common.schema import RunConfig
 
 
 def write(path: Path, text: str) -> Path:
@@ -222,3 +223,35 @@ def test_pretty_print_and_yaml_round_trip(layered, caplog):
         cfg.pretty_print()
     assert "from_user" in caplog.text
     assert OmegaConf.create(cfg.to_yaml()).model.b == "from_user"
+
+
+@pytest.mark.parametrize("option, message", [
+    ("datasets.phantoms.build_info.storag=/x", "unknown key datasets.phantoms.build_info.storag in --options — did you mean 'storage'"),
+    ("model.freeze_qfromer=true", "unknown key model.freeze_qfromer in --options — did you mean 'freeze_qformer'"),
+    ("model.num_query_token=many", "bad value for model.num_query_token in --options"),
+    ("datasets.phantoms.vis_processor.eval.name=blip2_image_evl", "did you mean 'blip2_image_eval'"),
+    ("preprocess.vis_procesor={}", "unknown key preprocess.vis_procesor in --options — did you mean 'vis_processor'"),
+    ("modle.arch=mini_gpt4", "unknown key config.modle in --options — did you mean 'model'"),
+    ("run.device=tpu", "run.device 'tpu' is not a torch device"),
+])
+def test_every_section_is_checked_when_the_config_loads(option, message):
+    """Typos anywhere fail in Config(), before a dataset folder or weight file is opened."""
+    from xraygpt.common.errors import XrayGPTError
+
+    config = str(Path(__file__).resolve().parents[1] / "train_configs" / "phantom_tiny.yaml")
+    with pytest.raises(XrayGPTError) as err:
+        Config({"cfg_path": config, "options": [option]})
+    assert message in str(err.value)
+
+
+def test_the_loaded_config_holds_typed_sections():
+    from xraygpt.datasets.builders import DatasetSection
+    from xraygpt.models.model_config import MiniGPT4Config
+
+    config = str(Path(__file__).resolve().parents[1] / "train_configs" / "phantom_tiny.yaml")
+    cfg = Config({"cfg_path": config, "options": ["run.seed=7", "model.num_query_token=4"]})
+    job = cfg.job
+    assert isinstance(job.run, RunConfig) and job.run.seed == 7 and cfg.run_cfg.seed == 7
+    assert isinstance(job.model, MiniGPT4Config) and job.model.num_query_token == 4
+    assert isinstance(job.datasets["phantoms"], DatasetSection)
+    assert job.datasets["phantoms"].build_info.storage == "data/phantoms"

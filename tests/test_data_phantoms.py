@@ -6,6 +6,7 @@ import re
 import numpy as np
 import pytest
 
+from xraygpt.common.errors import ConfigurationError
 from xraygpt.datasets import phantoms as P
 
 
@@ -129,14 +130,17 @@ def test_cli_refuses_to_overwrite_and_reports_speed(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("bad", ["nodules=0.5", "cardiomegaly"])
-def test_cli_rejects_bad_prevalence(bad):
-    with pytest.raises(SystemExit, match="--prevalence expects NAME=P"):
-        P.main(["--out", "unused", "--prevalence", bad])
+def test_cli_rejects_bad_prevalence(bad, capsys):
+    with pytest.raises(ConfigurationError, match="--prevalence expects NAME=P"):
+        P._parse_prevalence([bad])
+    assert P.main(["--out", "unused", "--prevalence", bad]) == 2
+    assert capsys.readouterr().err.startswith("error: --prevalence expects NAME=P")
 
 
 def test_project_labeler_reads_phantom_reports_as_their_ground_truth():
     """The CheXpert-style labeler that scores generated reports must agree with the phantoms' labels."""
-    labeler = pytest.importorskip("xraygpt.evaluation.chexpert_labeler")
+    from xraygpt.evaluation import chexpert_labeler as labeler
+
     rng = np.random.default_rng(1)
     for _ in range(300):
         findings = P.sample_findings(rng)

@@ -14,7 +14,7 @@ from xraygpt.data_creation.cache import JsonlCache
 from xraygpt.data_creation.merge import merge_datasets
 from xraygpt.data_creation.records import DataCreationError, SourceItem
 from xraygpt.data_creation.splitting import parse_fractions, sample_items, split_groups
-from xraygpt.data_creation.writer import atomic_write_json
+from xraygpt.common.fileio import atomic_write_json
 
 
 def test_cache_drops_a_torn_last_line_and_appends_after_it(tmp_path, caplog):

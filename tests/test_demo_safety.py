@@ -145,7 +145,6 @@ def test_reset_forgets_everything(handlers):
 
 
 def test_example_images_are_synthetic_phantoms(tmp_path):
-    pytest.importorskip("xraygpt.datasets.phantoms")
     from xraygpt.datasets.image_io import load_medical_image
 
     paths = demo.example_images(tmp_path, count=2)

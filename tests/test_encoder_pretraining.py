@@ -6,7 +6,7 @@ import torch
 
 from tests.conftest import REPO_ROOT
 
-enc = pytest.importorskip("xraygpt.tasks.encoder_pretraining")
+from xraygpt.tasks import encoder_pretraining as enc
 
 CONFIG = str(REPO_ROOT / "train_configs" / "phantom_tiny.yaml")
 SMALL_IMAGE_PATH = [
@@ -130,6 +130,7 @@ def test_quickstart_runs_both_stages_and_scores(tmp_path, capsys):
     assert (data / "pretrained" / "encoder_pretraining.json").is_file()
     metrics = json.loads((tmp_path / "out" / "quickstart" / "quickstart_metrics.json").read_text())
     assert "CE_micro_f1" in metrics and "BLEU-1" in metrics
+    assert all(0.0 <= metrics[key] <= 1.0 for key in ("CE_micro_f1", "BLEU-1"))
     assert list((tmp_path / "cache").rglob("*.safetensors")), "stage 2 trains from cached Q-Former features"
 
     # A second run reuses data, tokenizer and encoder files (stage 1 is not repeated).

@@ -258,7 +258,7 @@ def test_medclip_swin_encoder_from_medclip_checkpoint_and_hf_folder(repo_root, t
 
 
 def test_streamed_text_holds_back_a_partial_end_symbol():
-    from xraygpt.models.generation import stream_until
+    from xraygpt.models.answer_text import stream_until
 
     assert list(stream_until(["The heart", " is normal.#", "##", " more"], "###")) == ["The heart", " is normal."]
     assert "".join(stream_until(["a#", "#b", " c"], "###")) == "a##b c"

@@ -86,6 +86,10 @@ def test_position_embedding_resize():
     assert resize_position_embedding(pos, 256) is pos
     bigger = resize_position_embedding(pos, 24 * 24)
     assert bigger.shape == (1, 577, 8) and torch.equal(bigger[:, :1], pos[:, :1])
+    # the original's formula: plain bicubic interpolation of the 16x16 grid (timm's resampler does exactly this)
+    grid = pos[:, 1:].reshape(1, 16, 16, 8).permute(0, 3, 1, 2)
+    expected = torch.nn.functional.interpolate(grid, size=(24, 24), mode="bicubic", align_corners=False)
+    assert torch.equal(bigger[:, 1:], expected.permute(0, 2, 3, 1).reshape(1, 576, 8))
     constant = torch.ones(1, 257, 8) * 3.0
     assert torch.allclose(resize_position_embedding(constant, 24 * 24), torch.full((1, 577, 8), 3.0), atol=1e-5)
     # a smooth ramp stays a ramp: each row of the grid is still increasing left to right

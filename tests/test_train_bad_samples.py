@@ -6,8 +6,6 @@ from PIL import Image
 
 from tests.train_support import train_in_process
 
-pytest.importorskip("xraygpt.datasets.builders")
-
 
 def _dataset(folder, n=12, bad=(3, 7)):
     (folder / "img").mkdir(parents=True)

@@ -1,7 +1,7 @@
 """A tiny stand-in model and dataset that follow the model/data contracts, for runner unit tests.
 
 The stand-in keeps the properties that matter to the runner: a frozen encoder
-with ``encode_qformer`` (feature cache), a trainable part, dropout (RNG state
+with ``encode_features`` (feature cache), a trainable part, dropout (RNG state
 matters for resume), a token-weighted loss with ``num_target_tokens`` (accumulation
 and DDP weighting), random augmentation in the dataset, and a ``collater``.
 
@@ -45,6 +45,15 @@ class StandInModel(nn.Module):
 
     def encode_qformer(self, image: torch.Tensor) -> torch.Tensor:
         return self.encoder(image.flatten(1)).view(-1, self.queries, self.width)
+
+    # The feature-cache interface (xraygpt.runners.feature_cache.FeatureSource).
+    encode_features = encode_qformer
+
+    def feature_tensors(self):
+        return list(self.encoder.named_parameters(prefix="encoder"))
+
+    def feature_config(self) -> Dict[str, Any]:
+        return {"queries": self.queries, "width": self.width}
 
     def forward(self, samples: Dict[str, Any]) -> Dict[str, Any]:
         if os.environ.get("STANDIN_STEP_DELAY"):  # lets a test kill a run mid-way

@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from xraygpt.common.cli import is_loopback, run_cli, setup_logging
 from xraygpt.common.config import Config, ConfigError, add_config_arguments
-from xraygpt.conversation.generation import GenerationSettings
+from xraygpt.conversation.decoding_settings import GenerationSettings
 from xraygpt.structured.table import TABLE_CSS, findings_table_html
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ DISCLAIMER = (
     "or invented, and must not be used for diagnosis or treatment. Always consult a qualified clinician. "
     "Do not upload images that identify a patient."
 )
-UPLOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+UPLOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")  # the upload widget's promise: a subset of IMAGE_SUFFIXES
 EXAMPLE_PROMPTS = [
     "Describe the given chest x-ray image in detail.",
     "What are the key findings in this chest x-ray?",

@@ -26,11 +26,13 @@ import inspect
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 from xraygpt.common.cli import run_cli, setup_logging
 from xraygpt.common.config import Config, ConfigError, add_config_arguments
+from xraygpt.common.device import pick_device
 from xraygpt.evaluation.scoring import add_learned_metrics, format_summary, score_reports
+from xraygpt.inference.records import generate_records
 
 logger = logging.getLogger(__name__)
 
@@ -72,15 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_device(requested: str) -> str:
-    import torch
-
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("CUDA requested but not available: evaluating on CPU")
-        return "cpu"
-    return requested
-
-
 def build_splits(cfg: Config, splits: Sequence[str]) -> List[tuple]:
     """``[(dataset name, split, Dataset), ...]`` for every configured dataset that has the split."""
     from xraygpt.common.registry import registry
@@ -105,65 +98,6 @@ def build_splits(cfg: Config, splits: Sequence[str]) -> List[tuple]:
     if not found:
         raise ConfigError(f"none of the datasets in {cfg.cfg_path} has split(s) {list(splits)}")
     return found
-
-
-def _batches(dataset, batch_size: int, limit: Optional[int], num_workers: int) -> Iterator[Optional[Dict[str, Any]]]:
-    from torch.utils.data import DataLoader, Subset
-
-    from xraygpt.datasets.caption_dataset import collate
-
-    if limit is not None:
-        dataset = Subset(dataset, range(min(limit, len(dataset))))
-    yield from DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
-
-
-def generate_records(
-    model,
-    splits: Iterable[tuple],
-    batch_size: int,
-    generation_kwargs: Dict[str, Any],
-    device: str = "cpu",
-    limit: Optional[int] = None,
-    num_workers: int = 0,
-    vqa_datasets: Sequence[str] = (),
-) -> Tuple[List[Dict[str, Any]], int]:
-    """Generate one text per sample: ``(records, number of samples skipped as unreadable)``.
-
-    Samples of datasets named in ``vqa_datasets`` (or carrying a ``question``) are VQA items whose
-    prompt is the question and whose caption is the reference answer.
-    """
-    import torch
-    from tqdm import tqdm
-
-    records: List[Dict[str, Any]] = []
-    skipped = 0
-    for name, split, dataset in splits:
-        n = len(dataset) if limit is None else min(limit, len(dataset))
-        produced = len(records)
-        with tqdm(total=n, desc=f"{name}/{split}", unit="sample") as progress, torch.inference_mode():
-            for batch in _batches(dataset, batch_size, limit, num_workers):
-                if batch is None:  # every sample of the batch was unreadable (and the policy is skip)
-                    continue
-                prompts = list(batch["prompt"])
-                studies = {k: batch[k] for k in ("image_counts", "views") if k in batch}  # several views per sample
-                outputs = model.generate(batch["image"].to(device), prompts, **generation_kwargs, **studies)
-                if len(outputs) != len(prompts):
-                    raise RuntimeError(f"model.generate returned {len(outputs)} texts for a batch of {len(prompts)}")
-                marked = batch.get("question") or [None] * len(prompts)
-                questions = [q or (p if name in vqa_datasets else None) for q, p in zip(marked, prompts)]
-                for i, text in enumerate(outputs):
-                    records.append({
-                        "dataset": name,
-                        "split": split,
-                        "image_id": str(batch["image_id"][i]),
-                        "prompt": prompts[i],
-                        "question": questions[i],
-                        "prediction": text,
-                        "reference": batch["caption"][i],
-                    })
-                progress.update(len(prompts))
-        skipped += n - (len(records) - produced)
-    return records, skipped
 
 
 def write_outputs(out_dir: Path, records: List[Dict[str, Any]], result: Dict[str, Any],
@@ -199,14 +133,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     run = cfg.run_cfg
     splits = args.splits or list(run.test_splits) or ["test"]
     batch_size = args.batch_size or run.batch_size_eval
-    device = resolve_device(args.device or run.device)
+    device = str(pick_device(args.device or run.device))
     out_dir = Path(args.out) if args.out else Path(run.output_dir) / "eval"
     generation_kwargs = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
 
     from xraygpt.conversation.loading import build_model
 
+    found = build_splits(cfg, splits)  # data problems show before the slow model load
     model = build_model(cfg, device)
-    records, skipped = generate_records(model, build_splits(cfg, splits), batch_size, generation_kwargs,
+    records, skipped = generate_records(model, found, batch_size, generation_kwargs,
                                         device=device, limit=args.limit, num_workers=run.num_workers,
                                         vqa_datasets=args.vqa_datasets)
     if not records:

@@ -23,12 +23,12 @@ from typing import Any, Dict, Iterable, List, Sequence, Set
 
 from xraygpt.common.cli import run_cli, setup_logging
 from xraygpt.common.config import Config, ConfigError, add_config_arguments
+from xraygpt.common.constants import IMAGE_SUFFIXES
 from xraygpt.common.fileio import try_lock_exclusive
-from xraygpt.conversation.generation import GenerationSettings
+from xraygpt.conversation.decoding_settings import GenerationSettings
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff")
 DEFAULT_PROMPT = "<Img><ImageHere></Img> Describe the given chest x-ray image in detail."
 
 
@@ -244,11 +244,12 @@ def _generate(args: argparse.Namespace, settings: GenerationSettings, images: Li
     import torch
     from tqdm import tqdm
 
-    from xraygpt.conversation.loading import load_model_and_processor, pick_device
+    from xraygpt.common.device import pick_device
+    from xraygpt.conversation.loading import load_model_and_processor
     from xraygpt.datasets.image_io import ImageLoadError, load_medical_image
 
     cfg = Config(args)
-    device = pick_device(args.device, args.gpu_id)
+    device = pick_device(args.device, gpu_id=args.gpu_id)
     model, processor = load_model_and_processor(cfg, device)
     if settings.num_beams == 1 and hasattr(model, "warm_up"):  # captures now, not in the first batch
         model.warm_up(min(args.batch_size, len(todo)), prompt=args.prompt, generation_kwargs=[settings.generate_kwargs()])

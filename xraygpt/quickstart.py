@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-from xraygpt.common.cli import setup_logging
+from xraygpt.common.cli import add_debug_argument, run_cli, setup_logging
+from xraygpt.common.config import ConfigError
+from xraygpt.common.errors import DataError
 from xraygpt.common.registry import registry
 from xraygpt.tasks.encoder_pretraining import PretrainSettings
 
@@ -37,7 +39,7 @@ def ensure_phantoms(folder: Path, count: int, seed: int, size: int) -> None:
     logger.info("generating %d phantoms of %d px into %s", count, size, folder)
     code = phantoms.main(["--out", str(folder), "--n", str(count), "--seed", str(seed), "--size", str(size)])
     if code:
-        raise RuntimeError(f"generating phantoms into {folder} failed (exit code {code}, message above)")
+        raise DataError(f"generating phantoms into {folder} failed (exit code {code}, message above)")
 
 
 def ensure_tokenizer(path: Path, annotations: Path, vocab_size: int) -> None:
@@ -52,8 +54,7 @@ def ensure_tokenizer(path: Path, annotations: Path, vocab_size: int) -> None:
 
 def ensure_encoder(cfg: Any, steps: int) -> None:
     """Stage 1, when the config names encoder files that do not exist yet."""
-    model_cfg = cfg.model_cfg
-    paths = [model_cfg.get("vit_path"), model_cfg.get("q_former_model")]
+    paths = [cfg.model.vit_path, cfg.model.q_former_model]
     if not all(paths):
         logger.info("the config names no pretrained encoder files: stage 1 skipped")
         return
@@ -71,16 +72,17 @@ def evaluate(cfg: Any, weights: Path, split: str, max_new_tokens: int, meteor: b
 
     METEOR is computed when Java is present (as the literature reports it); without Java the summary says so.
     """
-    from xraygpt.evaluate import generate_records
+    from xraygpt.inference.records import generate_records
     from xraygpt.evaluation import score_reports
 
     cfg.model_cfg.ckpt = str(weights)
     task = registry.get_task_class(cfg.run_cfg.task).setup_task(cfg)
     datasets = task.build_datasets()
     if split not in datasets:
-        raise KeyError(f"the phantom dataset has no '{split}' split (built: {sorted(datasets)})")
+        raise ConfigError(f"the phantom dataset has no '{split}' split (built: {sorted(datasets)})",
+                          fix="set run.test_splits to one of those")
     model = task.build_model().eval()  # encoders from stage 1's files, the rest from ``weights``
-    records, _ = generate_records(model, [("phantoms", split, datasets[split])], int(cfg.run_cfg.batch_size_eval),
+    records, _ = generate_records(model, [("phantoms", split, datasets[split])], cfg.run_cfg.batch_size_eval,
                                   {"max_new_tokens": max_new_tokens})
     scores = score_reports([r["prediction"] for r in records], [r["reference"] for r in records],
                            [r["question"] for r in records], meteor=meteor, bootstrap=bootstrap,
@@ -110,6 +112,7 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--encoder-steps", type=int, default=PretrainSettings.steps,
                         help="stage-1 steps when the encoder files are absent")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (its Java start-up takes ~30 s)")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     setup_logging()
 
@@ -121,7 +124,7 @@ def main(argv: List[str] | None = None) -> int:
     cfg = Config({"cfg_path": args.cfg_path, "options": ["run.overwrite=true", *args.options]})
     dataset_cfg = next(iter(cfg.datasets_cfg.values()))
     data_dir = Path(dataset_cfg.build_info.storage)
-    ensure_phantoms(data_dir, args.phantoms, int(cfg.run_cfg.seed), args.phantom_size)
+    ensure_phantoms(data_dir, args.phantoms, cfg.run_cfg.seed, args.phantom_size)
     ensure_tokenizer(Path(cfg.model_cfg.tokenizer), data_dir / "filter_cap.json", args.vocab_size)
     prepared = time.perf_counter()
     ensure_encoder(cfg, args.encoder_steps)
@@ -136,7 +139,7 @@ def main(argv: List[str] | None = None) -> int:
 
     split = (list(cfg.run_cfg.test_splits) or ["test"])[0]
     weights = job_dir / "model_best.safetensors"
-    result = evaluate(cfg, weights, split, int(cfg.run_cfg.valid_max_new_tokens), meteor=not args.no_meteor)
+    result = evaluate(cfg, weights, split, cfg.run_cfg.valid_max_new_tokens, meteor=not args.no_meteor)
     done = time.perf_counter()
     from xraygpt.evaluation import format_summary
 
@@ -155,6 +158,4 @@ def main(argv: List[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from xraygpt.common.cli import run_cli
-
-    run_cli(lambda: main())
+    run_cli(main)

@@ -6,18 +6,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import random
-import sys
 from typing import Any, Dict
 
-import numpy as np
-import torch
-
-from xraygpt.common.checkpointing import CheckpointError
 from xraygpt.common.cli import run_cli, setup_logging
 from xraygpt.common.config import Config, add_config_arguments
 from xraygpt.common.dist_utils import cleanup_distributed, init_distributed
 from xraygpt.common.registry import registry
+from xraygpt.common.seeding import set_seed
 
 logger = logging.getLogger("xraygpt.train")
 
@@ -39,12 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def run_training(cfg: Config) -> Dict[str, Any]:
     """Build task, datasets, model and runner from ``cfg`` and train (or only validate)."""
     run_cfg = cfg.run_cfg
@@ -54,7 +43,7 @@ def run_training(cfg: Config) -> Dict[str, Any]:
     else:
         cfg.pretty_print()
     try:
-        set_seed(int(run_cfg.seed))
+        set_seed(run_cfg.seed)
         task = registry.get_task_class(run_cfg.task).setup_task(cfg)
         datasets = task.build_datasets()
         model = task.build_model()
@@ -77,11 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(describe_plan(cfg.model_cfg, cfg.run_cfg, args.processes, args.gpu_memory_gib, args.seq_len))
         return 0
-    try:
-        run_training(cfg)
-    except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    run_training(cfg)
     return 0
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from xraygpt.common.errors import CheckpointLoadError, XrayGPTError
+from xraygpt.common.fileio import atomic_write_text, fsync_dir, fsync_file  # noqa: F401  (atomic_write_text: old import path)
 
 logger = logging.getLogger("xraygpt.train")
 
@@ -91,31 +92,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a small text file via temp + fsync + rename (e.g. the ``best.json`` pointer)."""
-    path = Path(path)
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 # ----------------------------------------------------------------------- save/load
 def save_checkpoint(
     folder: Path,
@@ -142,10 +118,10 @@ def save_checkpoint(
         meta_doc = {"format": FORMAT, "version": FORMAT_VERSION, **(meta or {}), "sha256": files}
         (tmp / META_FILE).write_text(json.dumps(meta_doc, indent=2), encoding="utf-8")
         for name in (*files, META_FILE):
-            _fsync_file(tmp / name)
-        _fsync_dir(tmp)
+            fsync_file(tmp / name)
+        fsync_dir(tmp)
         os.rename(tmp, folder)
-        _fsync_dir(folder.parent)
+        fsync_dir(folder.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

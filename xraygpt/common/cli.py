@@ -1,9 +1,13 @@
 """Shared command-line plumbing for the entry points."""
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import sys
 from typing import Callable, NoReturn
+
+DEBUG_HELP = "show the full traceback of a user error (same as XRAYGPT_DEBUG=1)"
 
 
 class NotImplementedYet(SystemExit):
@@ -36,25 +40,35 @@ def not_implemented(what: str) -> NoReturn:
     raise SystemExit(3)
 
 
+def add_debug_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--debug``: every entry point takes it; :func:`run_cli` reads it."""
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    return parser
+
+
+def debug_requested(argv: list[str] | None = None) -> bool:
+    """``--debug`` on the command line or ``XRAYGPT_DEBUG=1``: the one place both are read."""
+    argv = sys.argv[1:] if argv is None else argv
+    return "--debug" in argv or os.environ.get("XRAYGPT_DEBUG") == "1"
+
+
 def run_cli(main: Callable[[], int | None]) -> NoReturn:
     """Run ``main``; user errors (the :class:`XrayGPTError` family) print one line and exit 2.
 
-    ``XRAYGPT_DEBUG=1`` re-raises them with their traceback.  Anything else is a bug
-    and keeps its traceback.
+    ``--debug`` (or ``XRAYGPT_DEBUG=1``) re-raises them with their traceback.  Anything
+    else is a bug and keeps its traceback.
     """
-    import os
-
     from xraygpt.common.errors import XrayGPTError
 
     try:
         code = main()
     except XrayGPTError as exc:
-        if os.environ.get("XRAYGPT_DEBUG") == "1":
+        if debug_requested():
             raise
         print(f"error: {exc.one_line()}", file=sys.stderr)
         raise SystemExit(2)
     except FileNotFoundError as exc:
-        if os.environ.get("XRAYGPT_DEBUG") == "1":
+        if debug_requested():
             raise
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2)

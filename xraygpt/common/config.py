@@ -15,21 +15,22 @@ should travel with its config file.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException
 
+from xraygpt.common.cli import add_debug_argument
 from xraygpt.common.registry import did_you_mean, registry
-from xraygpt.common.schema import RunConfig
+from xraygpt.common.schema import SECTIONS, JobConfig, PreprocessSection, RunConfig, check_section, reject_unknown_keys
 from xraygpt.common.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+_UNSET = object()
 
 
 class ConfigError(ConfigurationError):
@@ -71,7 +72,12 @@ def parse_options(options: Optional[Sequence[str]]) -> DictConfig:
 
 
 class Config:
-    """Merged configuration of one job: ``run_cfg``, ``model_cfg``, ``datasets_cfg``."""
+    """Merged configuration of one job, every section checked when it is loaded.
+
+    Typed sections: ``run`` (:class:`RunConfig`), ``model`` (the model class's config, e.g.
+    ``MiniGPT4Config``), ``datasets`` (name -> the builder's ``DatasetSection``) and ``preprocess``.
+    ``run_cfg``, ``model_cfg`` and ``datasets_cfg`` are the same values as DictConfigs.
+    """
 
     def __init__(self, args: argparse.Namespace | Dict[str, Any]):
         if isinstance(args, dict):
@@ -102,6 +108,7 @@ class Config:
         merged.setdefault("model", {})
         merged.setdefault("datasets", {})
         merged["run"] = self._validated_run(merged["run"])
+        self._check_sections(merged)
         self.config: DictConfig = merged
 
     # ------------------------------------------------------------------ layers
@@ -135,37 +142,45 @@ class Config:
             yield str(path), OmegaConf.create({"datasets": {name: section}})
 
     def _validated_run(self, run: DictConfig) -> DictConfig:
-        schema = OmegaConf.structured(RunConfig)
-        known = [f.name for f in dataclasses.fields(RunConfig)]
-        for key in run:
-            if key not in known:
-                hint = did_you_mean(key, known)
-                raise ConfigError(f"unknown key run.{key} in {self._source_of('run', key)}{hint}")
-        try:
-            validated = OmegaConf.merge(schema, run)
-            OmegaConf.to_object(validated)  # runs __post_init__ checks, reports MISSING
-        except MissingMandatoryValue as exc:
-            key = str(getattr(exc, "key", "") or "").split(".")[-1]
-            raise ConfigError(f"missing required value run.{key}: set it in {self.cfg_path} or with --options run.{key}=...") from exc
-        except OmegaConfBaseException as exc:
-            key = str(getattr(exc, "key", "") or "")
-            expected = getattr(RunConfig.__dataclass_fields__.get(key), "type", "?")
-            raise ConfigError(
-                f"bad value for run.{key} in {self._source_of('run', key)}: expected {expected}, "
-                f"got {run.get(key)!r} ({exc.msg if hasattr(exc, 'msg') else exc})"
-            ) from exc
-        except ValueError as exc:
-            raise ConfigError(f"{exc} (in {self.cfg_path})") from exc
-        return validated
+        self.run = check_section(RunConfig, run, "run", source=lambda key: self._source_of("run", key), error=ConfigError)
+        return OmegaConf.structured(self.run)
 
-    def _source_of(self, section: str, key: str) -> str:
+    def _check_sections(self, merged: DictConfig) -> None:
+        """Every section, before any dataset or model is built: a typo fails here, in seconds."""
+        reject_unknown_keys(merged, list(SECTIONS), "config", source=self._source_of,
+                            error=ConfigError)
+        model = merged.get("model") or {}
+        self.model = None
+        if "arch" in model:
+            check = getattr(registry.get_model_class(model.arch), "check_config", None)
+            self.model = check(model, source=lambda key: self._source_of("model", key)) if check else None
+        self.datasets = {}
+        for name, section in (merged.get("datasets") or {}).items():
+            check = getattr(registry.get_builder_class(name), "check_config", None)
+            where = f"datasets.{name}"
+            self.datasets[name] = check(section, source=lambda key, where=where: self._source_of(where, key)) if check else section
+        preprocess = check_section(PreprocessSection, merged.get("preprocess"), "preprocess",
+                                   source=lambda key: self._source_of("preprocess", key), error=ConfigError)
+        for where, processors in [("preprocess", preprocess)] + [(f"datasets.{n}", d) for n, d in self.datasets.items()]:
+            for kind in ("vis_processor", "text_processor"):
+                for stage, spec in (getattr(processors, kind, None) or {}).items():
+                    if spec and spec.get("name"):
+                        registry.get_processor_class(spec["name"])  # unknown name: did-you-mean
+        self.preprocess = preprocess
+
+    def _source_of(self, section: str, key: str = "") -> str:
+        """The last layer (file or ``--options``) that sets ``section.key`` (a dotted path), for messages."""
+        path = f"{section}.{key}" if key else section
         for name, layer in reversed(self._layers):
-            sec = layer.get(section)
-            if isinstance(sec, DictConfig) and key in sec:
+            if OmegaConf.select(layer, path, default=_UNSET, throw_on_missing=False) is not _UNSET:
                 return name
         return str(self.cfg_path)
 
     # -------------------------------------------------------------- accessors
+    @property
+    def job(self) -> JobConfig:
+        return JobConfig(run=self.run, model=self.model, datasets=self.datasets, preprocess=self.preprocess)
+
     @property
     def run_cfg(self) -> DictConfig:
         return self.config.run
@@ -224,4 +239,4 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         metavar="KEY=VALUE",
         help="override config values, e.g. run.init_lr=1e-4 model.lora.r=8 run.train_splits=[train,val]",
     )
-    return parser
+    return add_debug_argument(parser)

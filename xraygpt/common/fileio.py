@@ -29,20 +29,26 @@ def fsync_file(path: str | os.PathLike) -> None:
         os.fsync(handle.fileno())
 
 
-def atomic_write_with(path: str | os.PathLike, write_to_path: Callable[[str], None]) -> Path:
-    """Call ``write_to_path(tmp)`` (a library that wants a file name), then rename to ``path``."""
+def atomic_write_with(path: str | os.PathLike, write_to_path: Callable[[str], None], *, durable: bool = True) -> Path:
+    """Call ``write_to_path(tmp)`` (a library that wants a file name), then rename to ``path``.
+
+    ``durable=False`` skips the fsyncs: still never a partial file, but a power cut may lose the
+    new one (right for caches that are rebuilt on a miss).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write_to_path(tmp)
-        fsync_file(tmp)
+        if durable:
+            fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
     return path
 
 

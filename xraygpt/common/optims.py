@@ -63,7 +63,7 @@ class LinearWarmupCosineLR(_StepwiseSchedule):
     def from_run_config(cls, optimizer: torch.optim.Optimizer, run_cfg: Any, iters_per_epoch: int):
         return cls(
             optimizer,
-            total_steps=int(run_cfg.max_epoch) * iters_per_epoch,
+            total_steps=run_cfg.max_epoch * iters_per_epoch,
             init_lr=run_cfg.init_lr,
             min_lr=run_cfg.min_lr,
             warmup_lr=run_cfg.warmup_lr,
@@ -146,7 +146,7 @@ def build_optimizer(model: torch.nn.Module, run_cfg: Any, fused: bool | None = N
     copies of the moments, which a fully trained 7B LLM cannot afford on one GPU).
     """
     groups = param_groups(model.named_parameters(), run_cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=float(run_cfg.init_lr), betas=(0.9, 0.999), fused=fused)
+    return torch.optim.AdamW(groups, lr=run_cfg.init_lr, betas=(0.9, 0.999), fused=fused)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, run_cfg: Any, iters_per_epoch: int) -> LRScheduler:

@@ -1,15 +1,88 @@
-"""Typed schema of the ``run:`` section.
+"""Typed config sections and the one checker every section goes through.
 
-Every key the runner reads is declared here with its type and default, so a
-typo (``init_Lr``) or a wrong type (``max_epoch: five``) fails before any work
-starts instead of being silently ignored.
+Every key the runner reads is declared in :class:`RunConfig` with its type and
+default, so a typo (``init_Lr``) or a wrong type (``max_epoch: five``) fails
+before any work starts instead of being silently ignored.  The model's, the
+datasets' and the encoders' schemas live beside their code and are checked by
+the same :func:`check_section` (unknown key -> file + did-you-mean).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Type, TypeVar
 
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from xraygpt.common.errors import ConfigurationError
+from xraygpt.common.registry import did_you_mean
+
+T = TypeVar("T")
+
+
+Source = Optional[Callable[[str], str]]
+"""Which file (or ``--options``) set a key of the section, for the message."""
+
+
+def _origin(source: Source, key: str) -> str:
+    return f" in {source(key)}" if source else ""
+
+
+def reject_unknown_keys(section: Iterable[str], schema: type | Sequence[str], where: str, *, source: Source = None,
+                        error: Type[Exception] = ConfigurationError) -> None:
+    """Raise ``error`` naming the first key of ``section`` that dataclass ``schema`` (or a list of names) lacks."""
+    known = list(schema) if isinstance(schema, (list, tuple)) else [f.name for f in dataclasses.fields(schema)]
+    for key in section:
+        if key not in known:
+            hint = did_you_mean(key, known)
+            raise error(f"unknown key {where}.{key}{_origin(source, key)}{hint} (known: {', '.join(known)})")
+
+
+def check_section(schema: Type[T], cfg: Mapping[str, Any] | DictConfig | None, where: str, *,
+                  source: Source = None, error: Type[Exception] = ConfigurationError) -> T:
+    """``cfg`` as a checked ``schema`` instance: unknown keys, wrong types, missing values and
+    ``__post_init__`` checks raise ``error`` naming the key and the file it came from."""
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
+    reject_unknown_keys(data, schema, where, source=source, error=error)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
+    except MissingMandatoryValue as exc:
+        key = str(getattr(exc, "key", "") or "").split(".")[-1]
+        raise error(f"missing required value {where}.{key}: set it{_origin(source, key)} "
+                    f"or with --options {where}.{key}=...") from None
+    except OmegaConfBaseException as exc:
+        key = str(getattr(exc, "key", "") or "")
+        expected = getattr(getattr(schema, "__dataclass_fields__", {}).get(key), "type", "?")
+        raise error(f"bad value for {where}.{key}{_origin(source, key)}: expected {expected}, got {data.get(key)!r} "
+                    f"({exc.msg if hasattr(exc, 'msg') else exc})") from None
+    except ValueError as exc:
+        raise error(f"{exc}{_origin(source, '')}") from None
+
+
+@dataclass
+class PreprocessSection:
+    """Processors the model defaults name for inference (``demo``, ``generate``) when datasets name none."""
+
+    vis_processor: Dict[str, Any] = field(default_factory=dict)
+    """``{train: {name: ..., image_size: ...}, eval: {...}}``."""
+    text_processor: Dict[str, Any] = field(default_factory=dict)
+
+
+SECTIONS = ("run", "model", "datasets", "preprocess")
+"""The top-level sections of a job config."""
+
+
+@dataclass
+class JobConfig:
+    """One job's checked sections (``Config.job``); the model and dataset schemas live beside their code."""
+
+    run: "RunConfig"
+    model: Any
+    """The model class's typed config (``MiniGPT4Config``), ``None`` without ``model.arch``."""
+    datasets: Dict[str, Any]
+    """Dataset name -> its builder's ``DatasetSection``."""
+    preprocess: PreprocessSection
 
 
 @dataclass
@@ -73,7 +146,7 @@ class RunConfig:
 
     # Devices and distribution.
     device: str = "cuda"
-    """``cuda`` or ``cpu``; ``cuda`` falls back to CPU with a warning when no GPU exists."""
+    """``cuda``, ``cuda:N`` or ``cpu``; ``cuda`` falls back to CPU with a warning when no GPU exists."""
     world_size: int = 1
     dist_url: str = "env://"
     distributed: bool = True
@@ -110,3 +183,9 @@ class RunConfig:
         for key, (value, allowed) in checks.items():
             if value not in allowed and value != MISSING:
                 raise ValueError(f"run.{key} must be one of {allowed}, got {value!r}")
+        import torch
+
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            raise ValueError(f"run.device {self.device!r} is not a torch device (use cpu, cuda or cuda:N)") from None

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from xraygpt.common.registry import registry
-from xraygpt.conversation.generation import GenerationSettings
+from xraygpt.conversation.decoding_settings import GenerationSettings
 from xraygpt.conversation.templates import IMAGE_TAG, Conversation, ConversationTemplate
 from xraygpt.common.errors import DataError
 

@@ -2,25 +2,15 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping, Optional, Tuple
+from typing import Any, Callable, Mapping, Tuple
 
 import torch
 
 from xraygpt.common.config import Config, ConfigError
+from xraygpt.common.device import pick_device  # noqa: F401  (its old home; the demo docs import it from here)
 from xraygpt.common.registry import registry
 
 logger = logging.getLogger(__name__)
-
-
-def pick_device(device: Optional[str] = None, gpu_id: Optional[int] = None) -> torch.device:
-    """``device`` if given, else ``cuda:<gpu_id>`` when CUDA exists, else the CPU."""
-    if device:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device(f"cuda:{gpu_id or 0}")
-    if gpu_id:
-        raise ConfigError(f"--gpu-id {gpu_id} given but CUDA is not available; use --device cpu")
-    return torch.device("cpu")
 
 
 def eval_processor_config(cfg: Config) -> Mapping[str, Any]:

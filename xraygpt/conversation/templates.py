@@ -11,13 +11,9 @@ import copy
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from xraygpt.common.registry import registry
+from xraygpt.common.constants import IMAGE_PLACEHOLDER, IMAGE_TAG
 from xraygpt.common.errors import ConfigurationError
-
-IMAGE_PLACEHOLDER = "<ImageHere>"
-"""Marks where image embeddings go; never tokenized."""
-IMAGE_TAG = f"<Img>{IMAGE_PLACEHOLDER}</Img>"
-"""What an image turn says, exactly as the original model saw it in training."""
+from xraygpt.common.registry import registry
 
 Message = Tuple[str, Optional[str]]
 

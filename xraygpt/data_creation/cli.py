@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from xraygpt.common.cli import add_debug_argument, debug_requested
 from xraygpt.data_creation.filters import TextFilter
 from xraygpt.data_creation.images import IMAGE_FORMATS
 from xraygpt.data_creation.pipeline import DEFAULT_TASKS, TASKS, GeneratorSpec, RunOptions, run
@@ -17,6 +18,7 @@ EPILOG = "Docs and examples: docs/data_creation.md"
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
+    add_debug_argument(parser)
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, required=True, help="dataset folder to create or resume (image/, filter_cap*.json, manifest.json)")
     out.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
@@ -111,7 +113,9 @@ def _main(build: Callable[[argparse.Namespace], Tuple[List[SourceItem], List[Rej
         items, rejections, text_filter, source_info = build(args)
         run(items, rejections, text_filter, _options(args, getattr(args, "all_images", False), getattr(args, "study_level", False)), spec, source_info)
     except DataCreationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if debug_requested(list(argv) if argv is not None else None):
+            raise
+        print(f"error: {exc.one_line()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished items are saved; rerun the same command to resume", file=sys.stderr)
@@ -206,7 +210,7 @@ def merge_parser() -> argparse.ArgumentParser:
     parser.add_argument("--names", help="comma list of names for the inputs (default: their folder names)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the dataset files of an --out folder that holds other files or another merge")
-    return parser
+    return add_debug_argument(parser)
 
 
 def merge_main(argv: Optional[Sequence[str]] = None) -> int:
@@ -217,6 +221,8 @@ def merge_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         merge_datasets(args.inputs, args.out, args.names.split(",") if args.names else None, overwrite=args.overwrite)
     except DataCreationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if debug_requested(list(argv) if argv is not None else None):
+            raise
+        print(f"error: {exc.one_line()}", file=sys.stderr)
         return 2
     return 0

@@ -10,7 +10,7 @@ import re
 import shutil
 from pathlib import Path
 
-from xraygpt.data_creation.writer import atomic_write
+from xraygpt.common.fileio import atomic_write
 from xraygpt.common.errors import DataError
 
 COPYABLE_SUFFIXES = {".png", ".jpg", ".jpeg"}

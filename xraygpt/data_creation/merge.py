@@ -18,7 +18,7 @@ from xraygpt.data_creation.output_folder import IDENTITY_FILE, claim_output_fold
 from xraygpt.data_creation.pipeline import MANIFEST, SPLIT_FILES
 from xraygpt.data_creation.records import DataCreationError
 from xraygpt.data_creation.splitting import SPLITS
-from xraygpt.data_creation.writer import atomic_write_json
+from xraygpt.common.fileio import atomic_write_json, atomic_write_with
 
 log = logging.getLogger(__name__)
 FIELDS = ("image", "prompt", "caption")
@@ -43,14 +43,15 @@ def _place_image(source: Path, target: Path) -> None:
         return
     if not source.is_file():
         raise DataCreationError(f"image missing: {source} (referenced by the input dataset)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.unlink(missing_ok=True)
+    atomic_write_with(target, lambda tmp: _link_or_copy(source, Path(tmp)))
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.unlink()  # the empty temp file: a link needs a free name
     try:
-        os.link(source, tmp)
+        os.link(source, target)
     except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+        shutil.copyfile(source, target)
 
 
 def _dataset_names(inputs: Sequence[Path], names: Optional[Sequence[str]]) -> List[str]:

@@ -32,7 +32,7 @@ from xraygpt.data_creation.images import ImageExportError, export_image, output_
 from xraygpt.data_creation.output_folder import claim_output_folder, stored_identity, write_identity
 from xraygpt.data_creation.records import DataCreationError, GenerationRejected, Job, Rejection, SourceItem
 from xraygpt.data_creation.splitting import SPLITS, sample_items, split_groups
-from xraygpt.data_creation.writer import atomic_write_json
+from xraygpt.common.fileio import atomic_write_json
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 from xraygpt.data_creation.records import DataCreationError, Rejection, SourceItem
 from xraygpt.data_creation.tables import read_csv_rows, read_tab_lines, require_file
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # what ROCO ships (a subset of common.constants.IMAGE_SUFFIXES)
 
 
 def _article_group(pmc_name: str, fallback: str) -> str:

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from xraygpt.datasets.prompts import normalise_prompt, pick_prompt
+from xraygpt.common.constants import IMAGE_SUFFIXES
 from xraygpt.common.errors import DataError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
+from xraygpt.datasets.prompts import normalise_prompt, pick_prompt
 
 
 class AnnotationError(DataError):

@@ -7,7 +7,6 @@ dataset is a YAML file plus a three-line subclass.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,8 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from xraygpt.common.registry import did_you_mean, registry
+from xraygpt.common.registry import registry
+from xraygpt.common.schema import Source, reject_unknown_keys
 from xraygpt.datasets.annotations import AnnotationError, Issue, Record, parse_annotations
 from xraygpt.datasets.caption_dataset import ImageTextDataset, check_policy
 from xraygpt.datasets.prompts import load_prompts
@@ -75,6 +75,11 @@ class ImageTextBuilder:
         # The dataset's own setting beats the run-wide one passed by the runner.
         policy = self.config.on_bad_sample or on_bad_sample or "error"
         self.on_bad_sample = check_policy(policy)
+
+    @classmethod
+    def check_config(cls, cfg: Optional[Mapping[str, Any]], source: Source = None) -> DatasetSection:
+        """The checked section (defaults under ``cfg``), for :class:`~xraygpt.common.config.Config` at load time."""
+        return _checked_section(cls.default_config(), cfg, cls.NAME, source)
 
     @classmethod
     def default_config(cls) -> DictConfig:
@@ -172,24 +177,18 @@ class ImageTextBuilder:
         logger.warning("skipped %d bad annotation entries of %s", len(errors), ann_path)
 
 
-def _checked_section(defaults: DictConfig, cfg: Optional[Mapping[str, Any]], name: str) -> DatasetSection:
+def _checked_section(defaults: DictConfig, cfg: Optional[Mapping[str, Any]], name: str,
+                     source: Source = None) -> DatasetSection:
     """Merge the user's section over the defaults and check every key against the schema."""
     merged = OmegaConf.merge(defaults, cfg or {})
-    _reject_unknown(merged, DatasetSection, f"datasets.{name}")
-    _reject_unknown(merged.get("build_info", {}), BuildInfo, f"datasets.{name}.build_info")
+    reject_unknown_keys(merged, DatasetSection, f"datasets.{name}", source=source, error=AnnotationError)
+    reject_unknown_keys(merged.get("build_info", {}), BuildInfo, f"datasets.{name}.build_info",
+                        source=source and (lambda key: source(f"build_info.{key}")), error=AnnotationError)
     schema = OmegaConf.structured(DatasetSection)
     try:
         return OmegaConf.to_object(OmegaConf.merge(schema, merged))
     except Exception as exc:  # omegaconf validation errors carry the key
         raise AnnotationError(f"bad config for datasets.{name}: {exc}") from None
-
-
-def _reject_unknown(section: Mapping[str, Any], schema: type, where: str) -> None:
-    known = [f.name for f in dataclasses.fields(schema)]
-    for key in section:
-        if key not in known:
-            hint = did_you_mean(key, known)
-            raise AnnotationError(f"unknown key {where}.{key}{hint} (known: {', '.join(known)})")
 
 
 @registry.register_builder("medvqa")

@@ -29,6 +29,7 @@ from typing import BinaryIO, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from xraygpt.common.constants import DICOM_SUFFIXES
 from xraygpt.common.errors import DataError
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO]
@@ -36,7 +37,7 @@ ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO]
 MIN_SIDE = 8
 """Smallest accepted width/height in pixels."""
 
-_DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
+_DICOM_SUFFIXES = set(DICOM_SUFFIXES)
 
 
 class ImageLoadError(DataError):

@@ -33,6 +33,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from xraygpt.common.cli import add_debug_argument, run_cli
+from xraygpt.common.errors import ConfigurationError
 from xraygpt.datasets.prompts import load_prompts
 
 SIDES = ("right", "left")
@@ -533,7 +535,7 @@ def _parse_prevalence(items: Sequence[str]) -> Dict[str, float]:
     for item in items:
         key, _, value = item.partition("=")
         if key not in DEFAULT_PREVALENCE or not value:
-            raise SystemExit(f"--prevalence expects NAME=P with NAME in {sorted(DEFAULT_PREVALENCE)}, got '{item}'")
+            raise ConfigurationError(f"--prevalence expects NAME=P with NAME in {sorted(DEFAULT_PREVALENCE)}, got '{item}'")
         out[key] = float(value)
     return out
 
@@ -552,6 +554,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out folder")
     parser.add_argument("--views", default="frontal", help="frontal (default) or frontal,lateral: also draw a lateral "
                         "projection and write two-view study entries")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     start, cpu_start = time.perf_counter(), time.process_time()
     try:
@@ -572,4 +575,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -10,11 +10,10 @@ import hashlib
 from pathlib import Path
 from typing import List, Sequence
 
+from xraygpt.common.constants import IMAGE_TAG  # the original prompt files start each line with it
+
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PROMPT_FILE = PACKAGE_ROOT / "configs" / "prompts" / "report.txt"
-
-# The original prompt files wrote each line as "<Img><ImageHere></Img> question".
-IMAGE_TAG = "<Img><ImageHere></Img>"
 
 
 def normalise_prompt(prompt: str) -> str:

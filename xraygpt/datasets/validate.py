@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from xraygpt.common.cli import add_debug_argument, run_cli
 from xraygpt.datasets.annotations import AnnotationError, Issue, find_duplicates, parse_annotations
 from xraygpt.datasets.image_io import ImageLoadError, load_medical_image
 from xraygpt.datasets.prompts import load_prompts
@@ -153,6 +154,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--max-show", type=int, default=50, help="print at most this many issues")
     parser.add_argument("--allow-outside-paths", action="store_true",
                         help="accept image paths outside the dataset folder (build_info.allow_outside_paths)")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     try:
         targets = targets_for(args.path, args.image_dir)
@@ -174,4 +176,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = -100
+from xraygpt.common.constants import IGNORE_INDEX
 
 
 def caption_lm_loss(llm: nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Mapping, Optional
 
 import torch
 from torch import nn
+from xraygpt.common.fileio import atomic_write_with
 from xraygpt.common.errors import CheckpointLoadError
 
 logger = logging.getLogger(__name__)
@@ -92,29 +92,14 @@ def load_exact(module: nn.Module, state: Mapping[str, torch.Tensor], source: str
         )
 
 
-def atomic_save(write, path: str | os.PathLike) -> Path:
-    """Call ``write(tmp_path)`` and rename the result to ``path`` (no partial files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_safetensors(state: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Optional[Dict[str, str]] = None) -> Path:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    return atomic_save(lambda tmp: save_file(tensors, tmp, metadata=metadata or {}), path)
+    return atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata=metadata or {}))
 
 
 def save_original_pth(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
     """Write ``{"model": state}``, the layout the original runner saves and loads."""
     tensors = {k: v.detach().to("cpu").clone() for k, v in state.items()}
-    return atomic_save(lambda tmp: torch.save({"model": tensors}, tmp), path)
+    return atomic_write_with(path, lambda tmp: torch.save({"model": tensors}, tmp))

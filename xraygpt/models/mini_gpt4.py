@@ -28,8 +28,9 @@ from xraygpt.models.checkpoint_io import (
     save_safetensors,
 )
 from xraygpt.models.fast_generation import GraphedCall
-from xraygpt.models.generation import clean_answer, run_in_thread, stream_until, strip_leading_special, trim_generated
+from xraygpt.models.answer_text import clean_answer, run_in_thread, stream_until, strip_leading_special, trim_generated
 from xraygpt.models.llm import apply_lora, load_language_model, load_tokenizer, resolve_dtype
+from xraygpt.common.schema import Source
 from xraygpt.models.model_config import MiniGPT4Config, model_config_from
 from xraygpt.models.prompting import (
     TokenBatch,
@@ -98,6 +99,11 @@ class MiniGPT4(nn.Module):
             self.load_checkpoint(cfg.ckpt)
 
     @classmethod
+    def check_config(cls, cfg: Union[Mapping[str, Any], MiniGPT4Config], source: Source = None) -> MiniGPT4Config:
+        """The checked ``model:`` section, without building anything (the config loader calls this)."""
+        return model_config_from(cfg, source)
+
+    @classmethod
     def from_config(cls, cfg: Union[Mapping[str, Any], MiniGPT4Config]) -> "MiniGPT4":
         """Build from the ``model:`` section (validated: unknown keys and bad values raise ConfigError)."""
         return cls(model_config_from(cfg))
@@ -153,6 +159,25 @@ class MiniGPT4(nn.Module):
         with torch.set_grad_enabled(grad and not self.config.freeze_qformer):
             query = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
             return self.qformer(query_embeds=query, encoder_hidden_states=image_embeds).last_hidden_state
+
+    # What a frozen-feature cache needs (xraygpt.runners.feature_cache): the cacheable half of the
+    # image path, the weights it reads and the settings that shape it.
+    FEATURE_CONFIG_KEYS = ("vit_model", "vit_path", "image_size", "vit_precision", "vision_config", "q_former_model",
+                           "qformer_config", "num_query_token")
+
+    def encode_features(self, image: torch.Tensor) -> torch.Tensor:
+        """The part of the image path a cache may store: :meth:`encode_qformer`."""
+        return self.encode_qformer(image)
+
+    def feature_tensors(self) -> List[Tuple[str, torch.Tensor]]:
+        """Every weight and buffer :meth:`encode_features` reads: all but ``llama_proj`` and the LLM."""
+        later = {id(t) for module in (self.llama_proj, self.llama_model)
+                 for t in [*module.parameters(), *module.buffers()]}
+        return [(name, t) for name, t in [*self.named_parameters(), *self.named_buffers()] if id(t) not in later]
+
+    def feature_config(self) -> Dict[str, Any]:
+        """The settings that shape the features (part of a cache's fingerprint)."""
+        return {key: getattr(self.config, key) for key in self.FEATURE_CONFIG_KEYS}
 
     def project(self, qformer_features: torch.Tensor) -> torch.Tensor:
         return self.llama_proj(qformer_features.to(device=self.device, dtype=self.llama_proj.weight.dtype))

@@ -7,15 +7,13 @@ with the expected type.  Field names follow the original configs.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Type, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 
 from xraygpt.common.config import ConfigError
-from xraygpt.common.registry import did_you_mean
+from xraygpt.common.schema import Source, check_section
 
 T = TypeVar("T")
 
@@ -134,24 +132,13 @@ class MiniGPT4Config:
         return [f"model.{key} -> {path} ({what})" for key, path, what in checks if path and not Path(path).exists()]
 
 
-def validate_section(schema: Type[T], cfg: Mapping[str, Any] | DictConfig | None, section: str) -> T:
+def validate_section(schema: Type[T], cfg: Mapping[str, Any] | DictConfig | None, section: str,
+                     source: Source = None) -> T:
     """Merge ``cfg`` onto dataclass ``schema``; unknown keys and bad types raise ConfigError."""
-    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
-    known = [f.name for f in dataclasses.fields(schema)]
-    for key in data:
-        if key not in known:
-            hint = did_you_mean(key, known)
-            raise ConfigError(f"unknown key {section}.{key}{hint} (known: {', '.join(known)})")
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), data)
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"bad value in {section}: {exc.msg if hasattr(exc, 'msg') else exc}") from exc
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    return check_section(schema, cfg, section, source=source, error=ConfigError)
 
 
-def model_config_from(cfg: Mapping[str, Any] | DictConfig | MiniGPT4Config) -> MiniGPT4Config:
+def model_config_from(cfg: Mapping[str, Any] | DictConfig | MiniGPT4Config, source: Source = None) -> MiniGPT4Config:
     if isinstance(cfg, MiniGPT4Config):
         return cfg
-    return validate_section(MiniGPT4Config, cfg, "model")
+    return validate_section(MiniGPT4Config, cfg, "model", source)

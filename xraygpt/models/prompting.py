@@ -22,9 +22,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
-IMAGE_PLACEHOLDER = "<ImageHere>"
-IMAGE_WRAP = "<Img><ImageHere></Img>"
-IGNORE_INDEX = -100
+from xraygpt.common.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TAG
+
 
 
 def wrap_prompt(prompt: str, template: str) -> str:
@@ -33,7 +32,7 @@ def wrap_prompt(prompt: str, template: str) -> str:
     ``' What are the findings?'`` -> ``'###Patient: <Img><ImageHere></Img> What are the findings? ###Doctor: '``.
     Prompt-file lines already carry ``<Img><ImageHere></Img>`` and are used as they are.
     """
-    body = prompt if IMAGE_PLACEHOLDER in prompt else IMAGE_WRAP + prompt
+    body = prompt if IMAGE_PLACEHOLDER in prompt else IMAGE_TAG + prompt
     return template.format(body)
 
 
@@ -53,8 +52,8 @@ def wrap_study_prompt(
     found = prompt.count(IMAGE_PLACEHOLDER)
     if found == 0:
         return template.format(segments + prompt)
-    if found == 1 and num_images > 1 and IMAGE_WRAP in prompt:
-        return template.format(prompt.replace(IMAGE_WRAP, segments))
+    if found == 1 and num_images > 1 and IMAGE_TAG in prompt:
+        return template.format(prompt.replace(IMAGE_TAG, segments))
     if found != num_images:
         raise ValueError(f"the prompt holds {found} {IMAGE_PLACEHOLDER} for {num_images} images: {prompt!r}")
     return template.format(prompt)
@@ -65,7 +64,7 @@ def image_segments(num_images: int, views: Optional[Sequence[Optional[str]]] = N
     views = list(views) if views else [None] * num_images
     if len(views) != num_images:
         raise ValueError(f"{len(views)} view names for {num_images} images")
-    return " ".join((view_template.format(view=view) if view and view_template else "") + IMAGE_WRAP for view in views)
+    return " ".join((view_template.format(view=view) if view and view_template else "") + IMAGE_TAG for view in views)
 
 
 def split_at_images(prompt: str, num_images: Optional[int] = None) -> List[str]:

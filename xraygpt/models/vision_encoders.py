@@ -52,13 +52,12 @@ def resize_position_embedding(pos_embed: torch.Tensor, num_patches: int) -> torc
         raise CheckpointError(f"cannot resize position embeddings {list(pos_embed.shape)} to {num_patches} patches (not square grids)")
     if old_side == new_side:
         return pos_embed
-    dim = pos_embed.shape[-1]
-    prefix, grid = pos_embed[:, :extra], pos_embed[:, extra:]
-    grid = grid.reshape(1, old_side, old_side, dim).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new_side * new_side, dim).to(pos_embed.dtype)
+    from timm.layers import resample_abs_pos_embed
+
     logger.info("resized position embeddings from %dx%d to %dx%d patches", old_side, old_side, new_side, new_side)
-    return torch.cat([prefix, grid], dim=1)
+    # No antialiasing: the original resamples with plain bicubic interpolation.
+    return resample_abs_pos_embed(pos_embed, [new_side, new_side], [old_side, old_side], num_prefix_tokens=extra,
+                                  interpolation="bicubic", antialias=False)
 
 
 # ----------------------------------------------------------------------- EVA

@@ -1,7 +1,7 @@
 """Frozen-feature cache: compute each image's Q-Former output once, train from disk afterwards.
 
 With the vision encoder and Q-Former frozen and a deterministic image
-processor, ``model.encode_qformer(image)`` never changes during training, yet
+processor, ``model.encode_features(image)`` never changes during training, yet
 it is most of a step's cost.  We compute it once per image (batched, on the
 training device) and store it under
 
@@ -13,15 +13,17 @@ fingerprint* hashes the frozen weights and architecture that produce the
 features (so a different checkpoint never reads stale features).  Entries are per
 image, so a study's views are cached one by one and an image shared by several
 entries (a lateral in two studies) is encoded once.
+
+The cache knows nothing of the model's parts: the model says what to cache
+through :class:`FeatureSource`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Protocol, Tuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -32,28 +34,33 @@ from xraygpt.common.dist_utils import DistInfo, barrier
 from xraygpt.runners.data import SKIPPED_KEY, SeededSamples, make_loader
 from xraygpt.runners.samplers import ResumableBatchSampler
 from xraygpt.common.errors import DataError
+from xraygpt.common.fileio import atomic_write_with
 
 logger = logging.getLogger("xraygpt.train")
 
-_LLM_SIDE = ("llama_model", "llama_proj")
-"""Sub-modules after the Q-Former: they may train and are not part of the fingerprint."""
-_VISUAL_CONFIG_KEYS = ("vit_model", "vit_path", "image_size", "vit_precision", "vision_config", "q_former_model",
-                       "qformer_config", "num_query_token")
+class FeatureSource(Protocol):
+    """What a model offers the cache (``MiniGPT4`` and the test stand-in implement it)."""
+
+    def encode_features(self, image: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` -> the features to cache, ``[B, ...]``."""
+
+    def feature_tensors(self) -> List[Tuple[str, torch.Tensor]]:
+        """``(name, tensor)`` of every weight and buffer ``encode_features`` reads: it must be frozen."""
+
+    def feature_config(self) -> Dict[str, Any]:
+        """Settings that shape the features (JSON-able), hashed with the weights."""
 
 
 class FeatureCacheError(DataError):
     """The cache cannot be used with this configuration (and why)."""
 
 
-def _visual_named_tensors(model: torch.nn.Module) -> List[tuple[str, torch.Tensor]]:
-    skip = {id(t) for name in _LLM_SIDE if getattr(model, name, None) is not None
-            for t in list(getattr(model, name).parameters()) + list(getattr(model, name).buffers())}
-    named = list(model.named_parameters()) + list(model.named_buffers())
-    return [(name, t) for name, t in named if id(t) not in skip]
-
-
-def check_frozen_visual_path(model: torch.nn.Module) -> None:
-    trainable = [name for name, t in _visual_named_tensors(model) if getattr(t, "requires_grad", False)]
+def check_frozen_visual_path(model: FeatureSource) -> None:
+    missing = [name for name in FeatureSource.__dict__ if not name.startswith("_") and not hasattr(model, name)]
+    if missing:
+        raise FeatureCacheError(f"run.cache_visual_features needs model.{', model.'.join(missing)}; "
+                                f"{type(model).__name__} has none (turn the cache off)")
+    trainable = [name for name, t in model.feature_tensors() if getattr(t, "requires_grad", False)]
     if trainable:
         raise FeatureCacheError(
             f"run.cache_visual_features needs a frozen vision encoder and Q-Former, but {len(trainable)} of their "
@@ -62,19 +69,14 @@ def check_frozen_visual_path(model: torch.nn.Module) -> None:
         )
 
 
-def encoder_fingerprint(model: torch.nn.Module, model_cfg: Any = None) -> str:
-    """SHA-256 of the frozen visual weights (names, shapes, dtypes, values) and the model config."""
+def encoder_fingerprint(model: FeatureSource) -> str:
+    """SHA-256 of the frozen feature weights (names, shapes, dtypes, values) and the feature settings."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(_visual_named_tensors(model), key=lambda item: item[0]):
+    for name, tensor in sorted(model.feature_tensors(), key=lambda item: item[0]):
         data = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{tuple(data.shape)}|{data.dtype}".encode())
         digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-    if model_cfg is not None:
-        from omegaconf import OmegaConf
-
-        container = OmegaConf.to_container(model_cfg, resolve=True) if OmegaConf.is_config(model_cfg) else model_cfg
-        visual = {k: v for k, v in dict(container).items() if k in _VISUAL_CONFIG_KEYS}
-        digest.update(json.dumps(visual, sort_keys=True, default=str).encode())
+    digest.update(json.dumps(model.feature_config(), sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
 
@@ -202,7 +204,7 @@ class FeatureCache:
             reused += len(digests) - len(todo)
             if todo:
                 with self.autocast():
-                    features = self.model.encode_qformer(images[todo].to(self._device())).float().cpu()
+                    features = self.model.encode_features(images[todo].to(self._device())).float().cpu()
                 for k, row in enumerate(todo):
                     self._write(digests[row], features[k])
                 computed += len(todo)
@@ -240,11 +242,8 @@ class FeatureCache:
         return next(self.model.parameters()).device
 
     def _write(self, digest: str, features: torch.Tensor) -> None:
-        path = self._path(digest)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-        save_file({"features": features.contiguous()}, str(tmp))
-        os.replace(tmp, path)
+        tensors = {"features": features.contiguous()}
+        atomic_write_with(self._path(digest), lambda tmp: save_file(tensors, tmp), durable=False)  # a miss recomputes
 
     def _gather(self, found: Dict[int, Any]) -> Dict[int, Any]:
         """Every rank needs every index's entry; ranks computed disjoint shares."""

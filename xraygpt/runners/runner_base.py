@@ -34,7 +34,7 @@ from xraygpt.common.dist_utils import (
     init_distributed,
 )
 from xraygpt.common.errors import ConfigurationError, DataError, XrayGPTError
-from xraygpt.common.fileio import atomic_write_text
+from xraygpt.common.fileio import atomic_write_text, atomic_write_with
 from xraygpt.common.optims import build_optimizer, build_scheduler
 from xraygpt.common.registry import registry
 from xraygpt.runners import distributed_checkpoint as dcp_ckpt
@@ -125,9 +125,6 @@ class RunnerBase:
     def _cached_datasets(self) -> Dict[str, Dataset]:
         """Swap the train/valid splits for views that read cached Q-Former outputs."""
         rc = self.run_cfg
-        if not hasattr(self.model, "encode_qformer"):
-            raise FeatureCacheError(f"run.cache_visual_features needs model.encode_qformer; "
-                                    f"{type(self.model).__name__} has none")
         check_frozen_visual_path(self.model)
         train = self._split(list(rc.train_splits))
         if train is not None and draws_differ(train, rc.seed)[0] and not rc.allow_cache_with_augmentation:
@@ -137,12 +134,12 @@ class RunnerBase:
                 "training, or set run.allow_cache_with_augmentation: true to accept fixed augmentations."
             )
         root = Path(rc.cache_dir) if rc.cache_dir else Path(rc.output_dir) / "feature_cache"
-        cache = FeatureCache(self.model, root, encoder_fingerprint(self.model, self.cfg.model_cfg), self.dist,
-                             int(rc.batch_size_eval), int(rc.num_workers), self.autocast)
+        cache = FeatureCache(self.model, root, encoder_fingerprint(self.model), self.dist,
+                             rc.batch_size_eval, rc.num_workers, self.autocast)
         cached = dict(self.datasets)
         for split in dict.fromkeys([*rc.train_splits, *rc.valid_splits]):
             if cached.get(split) is not None:
-                cached[split] = cache.wrap(cached[split], int(rc.seed), split)
+                cached[split] = cache.wrap(cached[split], rc.seed, split)
         # Bad training samples left out of the cache (on_bad_sample: skip); the same number on every rank.
         self.cache_skipped = sum(cached[s].skipped for s in dict.fromkeys(rc.train_splits) if cached.get(s) is not None)
         return cached
@@ -221,7 +218,7 @@ class RunnerBase:
     def train(self) -> Dict[str, Any]:
         rc = self.run_cfg
         stream = self._train_stream()
-        accum = int(rc.accum_grad_iters)
+        accum = rc.accum_grad_iters
         if accum < 1:
             raise ValueError(f"run.accum_grad_iters must be >= 1, got {accum}")
         iters_per_epoch = int(rc.iters_per_epoch or max(stream.batches_per_epoch // accum, 1))
@@ -234,12 +231,12 @@ class RunnerBase:
         if self.plan.resume_from is not None:
             state = self._resume(self.plan.resume_from, optimizer, scheduler, scaler, stream)
         model = self._wrap()
-        total_steps = int(rc.max_epoch) * iters_per_epoch
+        total_steps = rc.max_epoch * iters_per_epoch
         self._log_start(iters_per_epoch, total_steps, accum)
 
         window_start, window_samples, window_losses = time.perf_counter(), 0, []
         run_start, run_start_step = time.perf_counter(), state.global_step
-        for epoch in range(state.epoch, int(rc.max_epoch)):
+        for epoch in range(state.epoch, rc.max_epoch):
             state.epoch = epoch
             model.train()
             while state.step_in_epoch < iters_per_epoch:
@@ -250,7 +247,7 @@ class RunnerBase:
                 state.global_step += 1
                 window_samples += samples
                 window_losses.append(loss)
-                if state.global_step % max(int(rc.log_freq), 1) == 0 or state.step_in_epoch == iters_per_epoch:
+                if state.global_step % max(rc.log_freq, 1) == 0 or state.step_in_epoch == iters_per_epoch:
                     now = time.perf_counter()
                     rate = window_samples / max(now - window_start, 1e-9)
                     per_step = (now - run_start) / max(state.global_step - run_start_step, 1)
@@ -258,7 +255,7 @@ class RunnerBase:
                     mean_loss = sum(window_losses) / len(window_losses)
                     self._log_train(state, epoch, iters_per_epoch, mean_loss, lr, rate, eta)
                     window_start, window_samples, window_losses = now, 0, []
-                if rc.save_freq and state.global_step % int(rc.save_freq) == 0 and state.step_in_epoch < iters_per_epoch:
+                if rc.save_freq and state.global_step % rc.save_freq == 0 and state.step_in_epoch < iters_per_epoch:
                     self._save(state, optimizer, scheduler, scaler, stream)
             state.epoch, state.step_in_epoch = epoch + 1, 0
             val_metrics = self.validate()
@@ -360,9 +357,7 @@ class RunnerBase:
             dcp_ckpt.export_weights(self.ckpt_dir / name, target)
             logger.info("weights of %s gathered into %s (use it as model.ckpt)", name, target)
             return
-        tmp = target.with_name(f".tmp-{target.name}")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
+        atomic_write_with(target, lambda tmp: shutil.copyfile(source, tmp))
         logger.info("weights of %s exported to %s (use it as model.ckpt)", name, target)
 
     def _test(self, state: TrainState) -> None:
@@ -427,7 +422,7 @@ class RunnerBase:
         return path
 
     def _prune(self, state: TrainState) -> None:
-        keep = int(self.run_cfg.keep_last_n)
+        keep = self.run_cfg.keep_last_n
         if keep <= 0:
             return
         existing = ckpt.list_checkpoints(self.ckpt_dir)
@@ -439,7 +434,7 @@ class RunnerBase:
 
     def _write_best_pointer(self, state: TrainState) -> None:
         if self.dist.is_main and state.best_checkpoint:
-            ckpt.atomic_write_text(
+            atomic_write_text(
                 self.ckpt_dir / "best.json",
                 f'{{"checkpoint": "{state.best_checkpoint}", "val_loss": {state.best_metric}}}\n',
             )

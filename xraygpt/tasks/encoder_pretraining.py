@@ -27,7 +27,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from xraygpt.common.dist_utils import pick_device
+from xraygpt.common.config import ConfigError
+from xraygpt.common.device import pick_device
 from xraygpt.models import key_maps
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class PretrainSettings:
 
 def settings_for(cfg: Any, **overrides: Any) -> PretrainSettings:
     """Defaults with the run's seed and device (``run.device: cuda`` falls back to CPU as in training)."""
-    return PretrainSettings(**{"seed": int(cfg.run_cfg.seed), "device": str(pick_device(str(cfg.run_cfg.device))), **overrides})
+    return PretrainSettings(**{"seed": cfg.run_cfg.seed, "device": str(pick_device(cfg.run_cfg.device)), **overrides})
 
 
 def load_labelled_split(labels_file: Path, split: str, processor: Any) -> LabelledImages:
@@ -143,7 +144,8 @@ def pretrain_image_path(model: nn.Module, train: LabelledImages, settings: Pretr
 
 def save_original_formats(model: nn.Module, vit_path: Path, qformer_path: Path) -> None:
     """ViT as an EVA state dict; Q-Former + query tokens + ln_vision as a LAVIS BLIP-2 ``{"model": ...}``."""
-    from xraygpt.models.checkpoint_io import atomic_save, save_original_pth
+    from xraygpt.common.fileio import atomic_write_with
+    from xraygpt.models.checkpoint_io import save_original_pth
 
     image_path = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("llama_")}
     original = model.to_original_names(image_path)
@@ -151,7 +153,7 @@ def save_original_formats(model: nn.Module, vit_path: Path, qformer_path: Path) 
     qformer = {k: v for k, v in original.items() if not k.startswith("visual_encoder.")}
     Path(vit_path).parent.mkdir(parents=True, exist_ok=True)
     Path(qformer_path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_save(lambda tmp: torch.save(vision, tmp), vit_path)
+    atomic_write_with(vit_path, lambda tmp: torch.save(vision, tmp))
     save_original_pth(qformer, qformer_path)
 
 
@@ -172,14 +174,14 @@ def run_encoder_pretraining(cfg: Any, labels_file: Optional[Path] = None, settin
     ``labels.json`` in the (single) dataset's storage folder. Returns the validation scores (also written
     as ``encoder_pretraining.json`` beside the Q-Former file).
     """
-    from xraygpt.common.checkpointing import atomic_write_text
+    from xraygpt.common.fileio import atomic_write_text
     from xraygpt.processors.base import build_processor
-    from xraygpt.train import set_seed
+    from xraygpt.common.seeding import set_seed
 
     settings = settings or settings_for(cfg)
     model_cfg = cfg.model_cfg
-    if not model_cfg.get("vit_path") or not model_cfg.get("q_former_model"):
-        raise ValueError("encoder pretraining writes model.vit_path and model.q_former_model: set both in the config")
+    if not cfg.model.vit_path or not cfg.model.q_former_model:
+        raise ConfigError("encoder pretraining writes model.vit_path and model.q_former_model: set both in the config")
     dataset_cfg = next(iter(cfg.datasets_cfg.values()))
     labels_file = Path(labels_file or Path(dataset_cfg.build_info.storage) / "labels.json")
     if not labels_file.is_file():

@@ -37,7 +37,7 @@ class ImageTextPretrainTask:
         if not self.cfg.datasets_cfg:
             raise ValueError("the config has no datasets: section")
         run_cfg = self.cfg.run_cfg
-        return build_datasets(self.cfg.datasets_cfg, on_bad_sample=run_cfg.on_bad_sample, seed=int(run_cfg.seed))
+        return build_datasets(self.cfg.datasets_cfg, on_bad_sample=run_cfg.on_bad_sample, seed=run_cfg.seed)
 
     # -------------------------------------------------------------------- steps
     def train_step(self, model: torch.nn.Module, samples: Dict[str, Any]) -> Dict[str, Any]:
@@ -62,16 +62,16 @@ class ImageTextPretrainTask:
 
         ``dataset`` must yield images (the runner passes the uncached split).
         """
-        count = int(runner.run_cfg.valid_generate)
+        count = runner.run_cfg.valid_generate
         if count == 0 or not runner.dist.is_main:
             return {}
-        from xraygpt.evaluate import generate_records
+        from xraygpt.inference.records import generate_records
         from xraygpt.evaluation import score_reports
         from xraygpt.runners.runner_base import unwrap
 
         records, _ = generate_records(
-            unwrap(runner.model), [("valid", "val", dataset)], int(runner.run_cfg.batch_size_eval),
-            {"max_new_tokens": int(runner.run_cfg.valid_max_new_tokens)}, device=str(runner.device),
+            unwrap(runner.model), [("valid", "val", dataset)], runner.run_cfg.batch_size_eval,
+            {"max_new_tokens": runner.run_cfg.valid_max_new_tokens}, device=str(runner.device),
             limit=None if count < 0 else count,
         )
         if not records:

@@ -17,6 +17,9 @@ import os
 from pathlib import Path
 from typing import Iterable, List, Sequence
 
+from xraygpt.common.cli import add_debug_argument, run_cli
+from xraygpt.common.fileio import atomic_write_bytes
+
 PROMPT_PIECES = ("###", "<Img>", "</Img>", "<ImageHere>")
 
 
@@ -70,9 +73,7 @@ def train_sentencepiece(texts: Iterable[str], out_path: str | Path, vocab_size: 
         num_threads=max(os.cpu_count() or 1, 1),
         minloglevel=2,
     )
-    tmp = out_path.with_name(f".tmp-{out_path.name}.{os.getpid()}")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, out_path)
+    atomic_write_bytes(out_path, buffer.getvalue())
     return out_path
 
 
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output .model file")
     parser.add_argument("--vocab-size", type=int, default=1000)
     parser.add_argument("--phrases", action="store_true", help="allow pieces that span several words")
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     path = train_sentencepiece(texts_from_annotations(args.annotations), args.out, args.vocab_size,
                                phrases=args.phrases)
@@ -90,4 +92,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_cli(main)
