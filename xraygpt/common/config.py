@@ -24,7 +24,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from xraygpt.common.cli import add_debug_argument
 from xraygpt.common.registry import did_you_mean, registry
-from xraygpt.common.schema import SECTIONS, JobConfig, PreprocessSection, RunConfig, check_section, reject_unknown_keys
+from xraygpt.common.schema import (SECTIONS, EvaluationSection, JobConfig, PreprocessSection, RunConfig, check_section,
+                                   reject_unknown_keys)
 from xraygpt.common.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
@@ -167,6 +168,8 @@ class Config:
                     if spec and spec.get("name"):
                         registry.get_processor_class(spec["name"])  # unknown name: did-you-mean
         self.preprocess = preprocess
+        self.evaluation = check_section(EvaluationSection, merged.get("evaluation"), "evaluation",
+                                        source=lambda key: self._source_of("evaluation", key), error=ConfigError)
 
     def _source_of(self, section: str, key: str = "") -> str:
         """The last layer (file or ``--options``) that sets ``section.key`` (a dotted path), for messages."""

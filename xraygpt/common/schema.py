@@ -69,7 +69,17 @@ class PreprocessSection:
     text_processor: Dict[str, Any] = field(default_factory=dict)
 
 
-SECTIONS = ("run", "model", "datasets", "preprocess")
+@dataclass
+class EvaluationSection:
+    """Local model files of the optional learned metrics (never downloaded; see evaluation/learned_metrics.py)."""
+
+    chexbert_path: Optional[str] = None
+    """CheXbert checkpoint, for CheXbert F1 (needs ``f1chexbert`` or ``RadEval`` installed)."""
+    radgraph_path: Optional[str] = None
+    """RadGraph model file, for RadGraph F1 (needs ``RadEval`` or ``radgraph`` installed)."""
+
+
+SECTIONS = ("run", "model", "datasets", "preprocess", "evaluation")
 """The top-level sections of a job config."""
 
 
