@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from xraygpt.common.errors import CheckpointLoadError, XrayGPTError
-from xraygpt.common.fileio import atomic_write_text, fsync_dir, fsync_file  # noqa: F401  (atomic_write_text: old import path)
+from xraygpt.common.fileio import atomic_write_text, publish_folder  # noqa: F401  (atomic_write_text: old import path)
 
 logger = logging.getLogger("xraygpt.train")
 
@@ -117,11 +117,7 @@ def save_checkpoint(
         files = {name: _sha256(tmp / name) for name in (WEIGHTS_FILE, STATE_FILE, CONFIG_FILE)}
         meta_doc = {"format": FORMAT, "version": FORMAT_VERSION, **(meta or {}), "sha256": files}
         (tmp / META_FILE).write_text(json.dumps(meta_doc, indent=2), encoding="utf-8")
-        for name in (*files, META_FILE):
-            fsync_file(tmp / name)
-        fsync_dir(tmp)
-        os.rename(tmp, folder)
-        fsync_dir(folder.parent)
+        publish_folder(tmp, folder, files=(*files, META_FILE))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

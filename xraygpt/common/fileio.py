@@ -9,7 +9,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterable
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:
@@ -27,6 +27,24 @@ def fsync_dir(folder: str | os.PathLike) -> None:
 def fsync_file(path: str | os.PathLike) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
+
+
+def publish_folder(tmp: str | os.PathLike, folder: str | os.PathLike, files: Iterable[str] = (),
+                   subfolders: Iterable[str] = ()) -> Path:
+    """Make a folder written under a temporary name durable, then give it its final name in one rename.
+
+    ``files`` and ``subfolders`` (names inside ``tmp``) are fsync'ed first, so a crash leaves either no
+    folder or a complete one.
+    """
+    tmp, folder = Path(tmp), Path(folder)
+    for name in files:
+        fsync_file(tmp / name)
+    for name in subfolders:
+        fsync_dir(tmp / name)
+    fsync_dir(tmp)
+    os.rename(tmp, folder)
+    fsync_dir(folder.parent)
+    return folder
 
 
 def atomic_write_with(path: str | os.PathLike, write_to_path: Callable[[str], None], *, durable: bool = True) -> Path:

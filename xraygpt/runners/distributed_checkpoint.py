@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -33,7 +32,7 @@ from torch import nn
 
 from xraygpt.common import checkpointing as ckpt
 from xraygpt.common.dist_utils import all_gather_objects, barrier
-from xraygpt.common.fileio import fsync_dir, fsync_file
+from xraygpt.common.fileio import publish_folder
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +81,7 @@ def save_sharded_checkpoint(folder: Path, model: nn.Module, optimizer: torch.opt
                         "sha256": {name: ckpt._sha256(tmp / name) for name in _SMALL_FILES}, "dcp_files": shards,
                         "trainable_keys": sorted(model_state)}
             (tmp / ckpt.META_FILE).write_text(json.dumps(meta_doc, indent=2), encoding="utf-8")
-            for name in (*_SMALL_FILES, ckpt.META_FILE):
-                fsync_file(tmp / name)
-            fsync_dir(tmp / DCP_DIR)
-            fsync_dir(tmp)
-            os.rename(tmp, folder)
-            fsync_dir(folder.parent)
+            publish_folder(tmp, folder, files=(*_SMALL_FILES, ckpt.META_FILE), subfolders=(DCP_DIR,))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
