@@ -138,3 +138,15 @@ def test_vqa_metric_set():
     m = vqa_metric_set(items)
     assert m["VQA_closed_accuracy"].values(ones)[0] == 0.5
     assert m["VQA_open_token_f1"].values(ones)[0] == 0.75 and m["VQA_open_exact_match"].values(ones)[0] == 0.5
+
+
+def test_meteor_interval_is_placed_around_the_corpus_score_it_is_printed_with():
+    from xraygpt.evaluation.scoring import _center_meteor_interval
+
+    intervals = {"METEOR": {"value": 0.36, "low": 0.3465, "high": 0.3788}, "ROUGE-L": {"value": 0.6, "low": 0.5, "high": 0.7}}
+    _center_meteor_interval(intervals, 0.34)
+    meteor = intervals["METEOR"]
+    assert meteor["value"] == 0.34 and meteor["segment_mean"] == 0.36
+    assert meteor["low"] < 0.34 < meteor["high"]
+    assert abs((meteor["high"] - meteor["low"]) - (0.3788 - 0.3465)) < 1e-12
+    assert intervals["ROUGE-L"] == {"value": 0.6, "low": 0.5, "high": 0.7}

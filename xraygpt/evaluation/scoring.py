@@ -5,7 +5,7 @@ training logs and in ``metrics.json`` are computed the same way.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from xraygpt.evaluation.bootstrap import bootstrap_intervals, report_metric_set, vqa_metric_set
 from xraygpt.evaluation.chexpert_labeler import label_reports
@@ -85,6 +85,7 @@ def score_reports(
             metric_set = report_metric_set(nlg.tokenized_references, nlg.tokenized_predictions, nlg.per_sample,
                                            pred_labels, ref_labels, uncertain)
             intervals.update(bootstrap_intervals(metric_set, [groups[i] for i in report_idx], bootstrap, bootstrap_seed))
+            _center_meteor_interval(intervals, summary.get("METEOR"))
 
     if vqa_idx:
         vqa = score_vqa([predictions[i] for i in vqa_idx], [references[i] for i in vqa_idx])
@@ -104,6 +105,21 @@ def score_reports(
             "seed": bootstrap_seed, "n_studies": len(set(map(str, groups))), "metrics": intervals,
         }
     return result
+
+
+def _center_meteor_interval(intervals: Dict[str, Any], corpus: Optional[float]) -> None:
+    """Put METEOR's interval around the corpus score the summary reports.
+
+    The Java scorer pools its statistics over the corpus, so what can be resampled is the mean segment
+    score; its percentile interval is shifted by (corpus - segment mean), keeping the resampled spread,
+    so the printed value lies inside its own interval. The segment mean is kept beside it.
+    """
+    meteor = intervals.get("METEOR")
+    if not meteor or corpus is None or meteor.get("value") is None or meteor.get("low") is None:
+        return
+    shift = corpus - meteor["value"]
+    intervals["METEOR"] = {"value": corpus, "low": meteor["low"] + shift, "high": meteor["high"] + shift,
+                           "segment_mean": meteor["value"]}
 
 
 def _fmt(value: Optional[float]) -> str:
