@@ -30,7 +30,7 @@ CASES: Dict[str, tuple] = {
     "evaluate-typo": (["test.py", "--cfg-path", TRAIN_CFG, "--options", README_TYPO], "did you mean 'storage'"),
     "demo-typo": (["demo.py", "--cfg-path", TRAIN_CFG, "--options", README_TYPO], "did you mean 'storage'"),
     "generate-typo": (["-m", "xraygpt.generate", "--cfg-path", TRAIN_CFG, "--options", README_TYPO,
-                       "--images", "{image}", "--out", "{tmp}/g.jsonl"], "did you mean 'storage'"),
+                       "--images", "{image}", "--out", "{tmp}/g-typo.jsonl"], "did you mean 'storage'"),
     "quickstart-typo": (["-m", "xraygpt.quickstart", "--options", README_TYPO], "did you mean 'storage'"),
     "encoder-pretraining-typo": (["-m", "xraygpt.tasks.encoder_pretraining", "--cfg-path", TRAIN_CFG,
                                   "--options", README_TYPO], "did you mean 'storage'"),
@@ -47,12 +47,12 @@ CASES: Dict[str, tuple] = {
                              "model.vit_path={tmp}/missing_vit.pth", "run.test_splits=[val]"], "missing_vit.pth"),
     "demo-no-weights": (["demo.py", "--cfg-path", EVAL_CFG], "weights/eva_vit_g.pth"),
     "generate-no-weights": (["-m", "xraygpt.generate", "--cfg-path", EVAL_CFG, "--images", "{image}",
-                             "--out", "{tmp}/g.jsonl"], "weights/eva_vit_g.pth"),
+                             "--out", "{tmp}/g-weights.jsonl"], "weights/eva_vit_g.pth"),
     # data paths that are not there
     "train-no-data": (["train.py", "--cfg-path", TRAIN_CFG, "--options", NO_DATA], "no_such_folder"),
     "evaluate-no-data": (["test.py", "--cfg-path", TRAIN_CFG, "--options", NO_DATA], "no_such_folder"),
     "generate-no-images": (["-m", "xraygpt.generate", "--cfg-path", EVAL_CFG, "--images", NOWHERE,
-                            "--out", "{tmp}/g.jsonl"], "nowhere"),
+                            "--out", "{tmp}/g-images.jsonl"], "nowhere"),
     "encoder-pretraining-no-data": (["-m", "xraygpt.tasks.encoder_pretraining", "--cfg-path", TRAIN_CFG,
                                      "--options", NO_DATA], "no_such_folder"),
     "validate-no-data": (["-m", "xraygpt.datasets.validate", NOWHERE], "nowhere"),
@@ -70,7 +70,7 @@ CASES: Dict[str, tuple] = {
     "evaluate-bad-device": (["test.py", "--cfg-path", TRAIN_CFG, "--device", "tpu"], "'tpu'"),
     "demo-bad-device": (["demo.py", "--cfg-path", EVAL_CFG, "--device", "tpu"], "'tpu'"),
     "generate-bad-device": (["-m", "xraygpt.generate", "--cfg-path", EVAL_CFG, "--images", "{image}",
-                             "--out", "{tmp}/g.jsonl", "--device", "tpu"], "'tpu'"),
+                             "--out", "{tmp}/g-device.jsonl", "--device", "tpu"], "'tpu'"),
 }
 
 
