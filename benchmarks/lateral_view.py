@@ -1,13 +1,20 @@
-"""Does the lateral view help the tiny phantom model?  Effusion F1 with one view vs two.
+"""Does the lateral view help the tiny phantom model?  Finding F1 with one view vs two.
 
-    python benchmarks/lateral_view.py [--out data/lateral_study] [--n 2000] [--size 128]
+    python benchmarks/lateral_view.py [--out data/lateral_study] [--n 2000] [--size 128] [--options KEY=VALUE ...]
 
 Builds the same phantoms twice (seed = run.seed, so the frontal images and reports are identical):
-frontal only, and frontal + lateral studies (``--views frontal,lateral``).  Both runs share the
-phrase tokenizer and the stage-1 encoder, which is pretrained on the *frontal* images' labels (stage 1
-reads single images); stage 2 then trains the LLM side on one view or on both (``model.max_images: 2``).
-Prints and writes ``<out>/lateral_view.json``: per-finding F1 (CheXpert-style labeler) of the held-out
-test reports for both runs.  About twice the quick start's time (~10 min on a quiet 2-core machine).
+frontal only, and frontal + lateral studies (``--views frontal,lateral``).  Both share one phrase
+tokenizer.  Stage 1 (the label-supervised encoder) reads single images, so which images it learned
+from matters: an encoder trained on frontal images only has never seen a lateral, which would bias the
+comparison against two views.  So the benchmark is a 2 x 2: stage 2 on one view or on both
+(``model.max_images: 2``), each over two stage-1 encoders, one trained on the frontal images' labels
+(as the quick start) and one on every image of the two-view studies (frontal and lateral, each with its
+study's labels, same steps).  The fair comparison is the one over the same encoder.
+
+Prints and writes ``<out>/lateral_view.json`` after each run: per-finding F1 (CheXpert-style labeler) of
+the held-out test reports, and for each encoder the paired difference two views - one view with a
+paired-bootstrap 95% CI over test studies and an approximate-randomisation p-value.
+About four quick starts' stage 2 plus two stage-1 runs (~20 min on a quiet 2-core machine).
 """
 from __future__ import annotations
 
@@ -16,39 +23,107 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any, Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 FINDINGS = ("Pleural Effusion", "Cardiomegaly", "Pneumothorax", "Consolidation", "Lung Lesion")
+ENCODERS = ("frontal_images", "every_view")
+DATASETS = {"frontal": "frontal", "two_views": "frontal,lateral"}
 
 
-def run(out: Path, n: int, size: int, views: str, extra: list) -> dict:
+def labels_of_every_view(data: Path) -> Path:
+    """A ``labels.json`` with one entry per image of each study (frontal and lateral), its study's labels."""
+    from xraygpt.common.fileio import atomic_write_json
+
+    target = data / "labels_every_view.json"
+    if not target.is_file():
+        entries = json.loads((data / "labels.json").read_text(encoding="utf-8"))
+        per_image = [{**e, "image": path} for e in entries for path in e.get("images", [e["image"]])]
+        atomic_write_json(target, per_image)
+    return target
+
+
+def config(out: Path, dataset: str, encoder: str, extra: List[str]) -> Any:
     from xraygpt.common.config import Config
+    from xraygpt.quickstart import CONFIG
+
+    data, weights = out / dataset, out / f"encoder_{encoder}"
+    name = f"{dataset}__{encoder}"
+    options = [f"datasets.phantoms.build_info.storage={data}", f"model.tokenizer={out}/tokenizer.model",
+               f"model.vit_path={weights}/eva_vit_tiny.pth", f"model.q_former_model={weights}/blip2_qformer_tiny.pth",
+               f"run.output_dir={out}/runs", f"run.job_id={name}", f"run.cache_dir={out}/feature_cache/{name}",
+               "run.overwrite=true", *extra]
+    return Config({"cfg_path": str(REPO / CONFIG), "options": options})
+
+
+def prepare(out: Path, n: int, size: int, seed: int, encoder_steps: int, options: List[str]) -> None:
+    """Both phantom sets, the tokenizer and both stage-1 encoders (each step skipped when its files exist)."""
     from xraygpt.datasets import phantoms
-    from xraygpt.quickstart import CONFIG, ensure_encoder, ensure_tokenizer, evaluate
+    from xraygpt.quickstart import ensure_tokenizer
+    from xraygpt.tasks.encoder_pretraining import run_encoder_pretraining, settings_for
+
+    for dataset, views in DATASETS.items():
+        if not (out / dataset / "filter_cap.json").is_file():
+            phantoms.main(["--out", str(out / dataset), "--n", str(n), "--seed", str(seed), "--size", str(size),
+                           "--views", views])
+    ensure_tokenizer(out / "tokenizer.model", out / "frontal" / "filter_cap.json", 2000)
+    labels = {"frontal_images": out / "frontal" / "labels.json", "every_view": labels_of_every_view(out / "two_views")}
+    for encoder in ENCODERS:
+        cfg = config(out, "frontal", encoder, options)
+        if not Path(cfg.model_cfg.q_former_model).is_file():
+            run_encoder_pretraining(cfg, labels[encoder], settings_for(cfg, steps=encoder_steps))
+
+
+def train_and_score(out: Path, dataset: str, encoder: str, options: List[str]) -> Dict[str, Any]:
+    from xraygpt.quickstart import evaluate
     from xraygpt.train import run_training
 
-    name = "two_views" if "lateral" in views else "frontal"
-    data = out / name
-    shared = out / "shared"
-    options = [f"datasets.phantoms.build_info.storage={data}", f"model.tokenizer={shared}/tokenizer.model",
-               f"model.vit_path={shared}/eva_vit_tiny.pth", f"model.q_former_model={shared}/blip2_qformer_tiny.pth",
-               f"run.output_dir={out}/runs", f"run.job_id={name}", f"run.cache_dir={data}/feature_cache", *extra]
-    cfg = Config({"cfg_path": str(REPO / CONFIG), "options": options})
-    if not (data / "filter_cap.json").is_file():
-        phantoms.main(["--out", str(data), "--n", str(n), "--seed", str(cfg.run_cfg.seed), "--size", str(size),
-                       "--views", views])
-    shared.mkdir(parents=True, exist_ok=True)
-    ensure_tokenizer(Path(cfg.model_cfg.tokenizer), data / "filter_cap.json", 2000)
-    ensure_encoder(cfg, 1000)  # stage 1 on the frontal labels (skipped when the files exist)
+    cfg = config(out, dataset, encoder, [*(["model.max_images=2"] if dataset == "two_views" else []), *options])
     start = time.perf_counter()
     run_training(cfg)
-    weights = Path(cfg.run_cfg.output_dir) / name / "model_best.safetensors"
-    scores = evaluate(cfg, weights, "test", int(cfg.run_cfg.valid_max_new_tokens))["scores"]
+    weights = Path(cfg.run_cfg.output_dir) / str(cfg.run_cfg.job_id) / "model_best.safetensors"
+    result = evaluate(cfg, weights, "test", int(cfg.run_cfg.valid_max_new_tokens), meteor=False, bootstrap=1000)
+    scores = result["scores"]
     ce = scores["report"]["clinical_efficacy"]
-    return {"views": views, "train_and_eval_seconds": round(time.perf_counter() - start),
-            "f1": {f: ce["per_observation"][f]["f1"] for f in FINDINGS}, "micro_f1": ce["micro"]["f1"]}
+    intervals = (scores.get("confidence_intervals") or {}).get("metrics", {})
+    reports = [r for r in result["records"] if not r["question"]]
+    return {"dataset": dataset, "encoder": encoder, "train_and_eval_seconds": round(time.perf_counter() - start),
+            "test_reports": len(reports), "micro_f1": ce["micro"]["f1"],
+            "f1": {f: ce["per_observation"][f]["f1"] for f in FINDINGS},
+            "f1_ci": {f: [intervals.get(f"CE_f1/{f}", {}).get(k) for k in ("low", "high")] for f in FINDINGS},
+            "reports": [{"image_id": r["image_id"], "prediction": r["prediction"], "reference": r["reference"]}
+                        for r in reports]}
+
+
+def paired(two: Dict[str, Any], one: Dict[str, Any]) -> Dict[str, Any]:
+    """Two views - one view on the same test studies: paired-bootstrap CI and randomisation p per metric."""
+    from xraygpt.evaluation.bootstrap import clinical_metrics, paired_test
+    from xraygpt.evaluation.chexpert_labeler import label_reports
+
+    by_id = {r["image_id"]: r for r in one["reports"]}
+    ids = [r["image_id"] for r in two["reports"]]
+    if sorted(ids) != sorted(by_id):
+        raise ValueError("the one-view and two-view runs were scored on different test studies")
+    refs = label_reports([r["reference"] for r in two["reports"]])
+    metrics_two = clinical_metrics(label_reports([r["prediction"] for r in two["reports"]]), refs)
+    metrics_one = clinical_metrics(label_reports([by_id[i]["prediction"] for i in ids]), refs)
+    names = ["CE_micro_f1", *(f"CE_f1/{f}" for f in FINDINGS)]
+    tested = paired_test({k: metrics_two[k] for k in names}, {k: metrics_one[k] for k in names}, ids)
+    return {k: {"diff": v["diff"], "ci": [v["low"], v["high"]], "p_value": v["p_value"]} for k, v in tested.items()}
+
+
+def summarise(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    done = {(r["dataset"], r["encoder"]): r for r in runs}
+    comparisons = {e: paired(done[("two_views", e)], done[("frontal", e)])
+                   for e in ENCODERS if ("two_views", e) in done and ("frontal", e) in done}
+    return {"runs": [{k: v for k, v in r.items() if k != "reports"} for r in runs],
+            "two_views_minus_frontal": comparisons, "reports": {f"{r['dataset']}__{r['encoder']}": r["reports"] for r in runs}}
+
+
+def _f(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def main() -> int:
@@ -56,16 +131,31 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "data" / "lateral_study")
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=42, help="phantom seed (the config's run.seed)")
+    parser.add_argument("--encoder-steps", type=int, default=1000, help="stage-1 steps of each encoder")
+    parser.add_argument("--options", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
     args = parser.parse_args()
     from xraygpt.common.cli import setup_logging
+    from xraygpt.common.fileio import atomic_write_json
 
     setup_logging()
-    results = [run(args.out, args.n, args.size, "frontal", []),
-               run(args.out, args.n, args.size, "frontal,lateral", ["model.max_images=2"])]
-    (args.out / "lateral_view.json").write_text(json.dumps(results, indent=2) + "\n")
-    for result in results:
-        f1 = "  ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a" for k, v in result["f1"].items())
-        print(f"{result['views']:>16}: micro F1 {result['micro_f1']:.3f}  {f1}  ({result['train_and_eval_seconds']} s)")
+    prepare(args.out, args.n, args.size, args.seed, args.encoder_steps, args.options)
+    runs: List[Dict[str, Any]] = []
+    # The fair pair (same encoder, seen both views) first, so it is complete if the run is cut short.
+    for encoder in ("every_view", "frontal_images"):
+        for dataset in DATASETS:
+            runs.append(train_and_score(args.out, dataset, encoder, args.options))
+            summary = summarise(runs)
+            atomic_write_json(args.out / "lateral_view.json", summary)
+            r = runs[-1]
+            f1 = "  ".join(f"{k} {_f(v)}" for k, v in r["f1"].items())
+            print(f"{r['dataset']:>9} / encoder {r['encoder']:<14}: micro F1 {_f(r['micro_f1'])}  {f1}  "
+                  f"({r['train_and_eval_seconds']} s)", flush=True)
+    for encoder, diffs in summary["two_views_minus_frontal"].items():
+        for name, d in diffs.items():
+            diff = "n/a" if d["diff"] is None else f"{d['diff']:+.3f}"
+            print(f"encoder {encoder:<14} two views - frontal  {name:24s} {diff}  "
+                  f"95% CI [{_f(d['ci'][0])}, {_f(d['ci'][1])}]  p {_f(d['p_value'])}")
     return 0
 
 
