@@ -47,7 +47,7 @@ def test_table_escapes_model_text():
 
 
 def test_upload_of_several_files_opens_a_study(seed_reference_dir):
-    calls = []
+    calls, names = [], []
 
     class FakeChat:
         model = types.SimpleNamespace(config=types.SimpleNamespace(ckpt=None, max_images=2))
@@ -55,14 +55,16 @@ def test_upload_of_several_files_opens_a_study(seed_reference_dir):
         def new_state(self):
             return "state"
 
-        def upload_img(self, images, state):
+        def upload_img(self, images, state, views=None):
             calls.append(images)
+            names.append(views)
 
     handlers = DemoHandlers(FakeChat(), max_file_size=20 * 1024**2)
     paths = [str(seed_reference_dir / "images" / n) for n in ("xray_0.png", "xray_1.png")]
     state, preview, history, status = handlers.upload(paths)
     assert state == "state" and len(calls[0]) == 2 and preview.size == calls[0][0].size
     assert status == "**xray_0.png, xray_1.png** loaded. Ask a question about the study."
+    assert names[0] == [None, None]  # PNGs with no view in their names
     _, _, _, status = handlers.upload(paths + [paths[0]])
     assert status == "**Error:** 3 files uploaded, but this model reads at most 2 image(s) per study."
     handlers.upload([paths[0]])

@@ -140,41 +140,52 @@ class DemoHandlers:
         self.max_file_size = max_file_size
         self.model_name = model_name
 
-    def upload(self, file_path: Any) -> Tuple[Any, Any, History, str]:
+    def upload(self, file_path: Any, view_names: Optional[str] = None) -> Tuple[Any, Any, History, str]:
         """New image(s) -> fresh conversation.  Returns (state, preview image, history, status).
 
-        Several files are the views of one study (in upload order), for a model with ``model.max_images`` > 1.
+        Several files, or the frames of a multi-frame DICOM, are the views of one study (in upload order), for a
+        model with ``model.max_images`` > 1; ``view_names`` (``"PA, LATERAL"``) names the views the DICOM headers
+        do not (see :mod:`xraygpt.conversation.study_upload`).
         """
+        from xraygpt.common.errors import DataError
+        from xraygpt.conversation.study_upload import load_study_upload, parse_view_names
+        from xraygpt.datasets.image_io import ImageLoadError
+
         paths = [p for p in (file_path if isinstance(file_path, (list, tuple)) else [file_path]) if p]
         if not paths:
             return None, None, [], "Upload a chest x-ray (PNG, JPEG or DICOM) to start."
-        names = ", ".join(Path(p).name for p in paths)
         limit = getattr(getattr(getattr(self.chat, "model", None), "config", None), "max_images", 1)
         if len(paths) > limit:
             return None, None, [], (
                 f"**Error:** {len(paths)} files uploaded, but this model reads at most {limit} image(s) per study."
             )
-        images = []
         for path in paths:
             problem = self._check_file(Path(path))
             if problem:
                 return None, None, [], problem
-            from xraygpt.datasets.image_io import ImageLoadError, load_medical_image
-
-            try:
-                images.append(load_medical_image(path))
-            except ImageLoadError as exc:
-                logger.info("rejected upload %s: %s", Path(path).name, exc)
-                return None, None, [], (
-                    f"**Error:** Could not read **{Path(path).name}** as an image. Please upload a valid PNG, JPEG or DICOM file."
-                )
+        try:
+            views = load_study_upload(paths, limit, parse_view_names(view_names))
+        except ImageLoadError as exc:
+            logger.info("rejected upload %s: %s", Path(exc.path).name, exc)
+            return None, None, [], (
+                f"**Error:** Could not read **{Path(exc.path).name}** as an image. Please upload a valid PNG, JPEG or DICOM file."
+            )
+        except DataError as exc:
+            return None, None, [], f"**Error:** {exc}"
+        images = [v.image for v in views]
         try:
             state = self.chat.new_state()
-            self.chat.upload_img(images[0] if len(images) == 1 else images, state)
+            if len(images) == 1:  # one image: today's prompt, no view name
+                self.chat.upload_img(images[0], state)
+            else:
+                self.chat.upload_img(images, state, views=[v.view for v in views])
         except Exception:
-            logger.exception("encoding %s failed", names)
+            logger.exception("encoding %s failed", ", ".join(v.label for v in views))
             return None, None, [], "**Error:** The image could not be processed; the error was logged on the server."
-        return state, images[0], [], f"**{names}** loaded. Ask a question about {'it' if len(images) == 1 else 'the study'}."
+        if len(views) == 1:
+            return state, images[0], [], f"**{views[0].label}** loaded. Ask a question about it."
+        names = ", ".join(f"{v.label} ({v.view})" if v.view else v.label for v in views)
+        return state, images[0], [], f"**{names}** loaded. Ask a question about the study."
 
     def ask(self, text: str, history: History, state: Any) -> Tuple[str, History, Any, str]:
         """Record the question.  Returns (textbox value, history, state, status)."""
@@ -307,8 +318,12 @@ def build_demo(handlers: DemoHandlers, examples: List[str], concurrency: int, qu
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(
-                    label="Image (PNG, JPEG or DICOM; several files = the views of one study)",
+                    label="Image (PNG, JPEG or DICOM; several files or DICOM frames = the views of one study)",
                     file_types=list(UPLOAD_SUFFIXES), type="filepath", file_count="multiple", elem_id="upload",
+                )
+                view_names = gr.Textbox(
+                    label="View names (optional, in upload order, e.g. PA, LATERAL; DICOM headers and file names "
+                          "fill in the rest)", elem_id="view-names", max_lines=1,
                 )
                 preview = gr.Image(
                     label="Loaded image", type="pil", interactive=False, height=260, buttons=["fullscreen"]
@@ -334,13 +349,14 @@ def build_demo(handlers: DemoHandlers, examples: List[str], concurrency: int, qu
                 with gr.Accordion("Structured report (JSON)", open=False):
                     findings_json = gr.Code("", language="json", interactive=False, elem_id="findings-json")
 
-        upload.change(handlers.upload, [upload], [state, preview, chatbot, status], **model_queue)
+        for opened in (upload.change, view_names.submit):  # renamed views open the study afresh
+            opened(handlers.upload, [upload, view_names], [state, preview, chatbot, status], **model_queue)
         question.submit(handlers.ask, [question, chatbot, state], [question, chatbot, state, status]).then(
             handlers.answer, [chatbot, state, num_beams, temperature, max_new_tokens], [chatbot, state, status],
             **model_queue,
         ).then(handlers.structure, [chatbot, num_beams, temperature, max_new_tokens], [findings_html, findings_json])
         copy_json.click(None, [findings_json], None, js=COPY_JSON_JS)
-        for clear_event in (reset.click, chatbot.clear, upload.change):  # a new conversation has no findings yet
+        for clear_event in (reset.click, chatbot.clear, upload.change, view_names.submit):  # a new conversation has no findings yet
             clear_event(lambda: ("", ""), None, [findings_html, findings_json])
         for clear_event in (reset.click, chatbot.clear):  # the chat's own trash button resets too
             clear_event(handlers.reset, None, [state, upload, preview, chatbot, question, status])

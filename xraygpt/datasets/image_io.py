@@ -15,7 +15,8 @@ Policies (documented in docs/data.md):
   blended, and transparency in exported films is an export artefact.
 * DICOM: modality LUT (RescaleSlope/Intercept), then the first
   WindowCenter/WindowWidth pair (or the VOI LUT sequence), else the min-max
-  range; MONOCHROME1 is inverted; multi-frame files give their middle frame.
+  range; MONOCHROME1 is inverted; multi-frame files give their middle frame
+  (:func:`load_medical_views` gives every frame, for studies read as views).
 * Images smaller than :data:`MIN_SIDE` pixels on a side are rejected: a 1x1
   "image" carries no information and breaks crops and normalisation.
 """
@@ -23,9 +24,10 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
 from collections.abc import Sequence
-from typing import BinaryIO, Union
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, List, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -58,20 +60,56 @@ def load_medical_image(source: ImageSource) -> Image.Image:
     non-image and degenerate inputs.
     """
     name, data = _read_bytes(source)
+    image, ds, frames = _decode(name, data)
+    if image is None:
+        image = _dicom_frame_to_rgb(frames[len(frames) // 2], ds)
+    return _checked_size(name, image)
+
+
+@dataclass(frozen=True)
+class MedicalView:
+    """One image of a file: a PNG/JPEG, or one frame of a DICOM with the view its header names."""
+
+    image: Image.Image
+    view: Optional[str]
+    """DICOM ``ViewPosition`` (``PA``, ``AP``, ``LL``, ``LATERAL`` ...) when the file has one, else None."""
+    frame: Optional[int]
+    """0-based frame of a multi-frame DICOM, else None."""
+
+
+def load_medical_views(source: ImageSource) -> List[MedicalView]:
+    """Every image of a file as :func:`load_medical_image` loads it: one per DICOM frame, one for PNG/JPEG.
+
+    Where a study is read as views (chat uploads), a multi-frame DICOM gives each frame as a view of its own,
+    named by the file's ``ViewPosition``; :func:`load_medical_image` keeps the middle frame for datasets.
+    """
+    name, data = _read_bytes(source)
+    image, ds, frames = _decode(name, data)
+    if image is not None:
+        return [MedicalView(_checked_size(name, image), None, None)]
+    view = str(ds.get("ViewPosition") or "").strip().upper() or None
+    return [MedicalView(_checked_size(name, _dicom_frame_to_rgb(frame, ds)), view, i if len(frames) > 1 else None)
+            for i, frame in enumerate(frames)]
+
+
+def _decode(name: str, data: bytes) -> Tuple[Optional[Image.Image], Any, List[np.ndarray]]:
+    """``(image, None, [])`` for PNG/JPEG content, ``(None, data set, frames)`` for DICOM."""
     if not data:
         raise ImageLoadError(name, "file is empty (0 bytes)")
     if data[128:132] == b"DICM":  # Part-10 files: "DICM" after a 128-byte preamble
-        image = _load_dicom(name, data)
-    else:
-        try:
-            image = _load_raster(name, data)
-        except _Unrecognised:
-            if Path(name).suffix.lower() not in _DICOM_SUFFIXES:
-                raise
-            try:  # a raw DICOM data set without the Part-10 preamble?
-                image = _load_dicom(name, data)
-            except ImageLoadError as exc:
-                raise ImageLoadError(name, f"neither a recognised image nor a readable DICOM data set ({exc.reason})") from None
+        return (None, *_read_dicom(name, data))
+    try:
+        return _load_raster(name, data), None, []
+    except _Unrecognised:
+        if Path(name).suffix.lower() not in _DICOM_SUFFIXES:
+            raise
+    try:  # a raw DICOM data set without the Part-10 preamble?
+        return (None, *_read_dicom(name, data))
+    except ImageLoadError as exc:
+        raise ImageLoadError(name, f"neither a recognised image nor a readable DICOM data set ({exc.reason})") from None
+
+
+def _checked_size(name: str, image: Image.Image) -> Image.Image:
     if min(image.size) < MIN_SIDE:
         w, h = image.size
         raise ImageLoadError(
@@ -146,7 +184,8 @@ def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------- DICOM
-def _load_dicom(name: str, data: bytes) -> Image.Image:
+def _read_dicom(name: str, data: bytes) -> Tuple[Any, List[np.ndarray]]:
+    """The data set and its decoded frames (one for a single-frame file)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -170,8 +209,10 @@ def _load_dicom(name: str, data: bytes) -> Image.Image:
         raise ImageLoadError(name, f"DICOM pixel data cannot be decoded, file truncated or corrupt ({exc})") from None
 
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames > 1:
-        arr = arr[frames // 2]
+    return ds, list(arr) if frames > 1 else [arr]
+
+
+def _dicom_frame_to_rgb(arr: np.ndarray, ds: Any) -> Image.Image:
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
         grey = _dicom_grey_to_uint8(arr, ds)
