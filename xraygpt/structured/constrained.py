@@ -88,12 +88,13 @@ def decode_constrained(
     return (out, ids) if return_ids else out
 
 
-def parse_content(text: str, where: str, limit: Optional[int] = None) -> Dict[str, Any]:
-    """JSON text -> validated content; a truncated document gets a message that says how to fix it."""
+def parse_content(text: str, where: str, limit: Optional[int] = None, fix: Optional[str] = None) -> Dict[str, Any]:
+    """JSON text -> validated content; a truncated document gets a message that says how to fix it
+    (``fix``, else raising ``--max-new-tokens``)."""
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
-        hint = f"raise --max-new-tokens (was {limit})" if limit else "raise max_new_tokens"
+        hint = fix or (f"raise --max-new-tokens (was {limit})" if limit else "raise max_new_tokens")
         raise StructuredReportError(
             f"{where} ended before the JSON closed ({len(text)} characters, {exc.msg} at {exc.pos}); {hint}"
         ) from None
