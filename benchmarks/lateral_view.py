@@ -122,6 +122,14 @@ def summarise(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
             "two_views_minus_frontal": comparisons, "reports": {f"{r['dataset']}__{r['encoder']}": r["reports"] for r in runs}}
 
 
+def earlier_runs(path: Path) -> List[Dict[str, Any]]:
+    """The runs (with their reports) of an earlier ``lateral_view.json``, so a partial re-run keeps them."""
+    if not path.is_file():
+        return []
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    return [{**r, "reports": summary["reports"][f"{r['dataset']}__{r['encoder']}"]} for r in summary["runs"]]
+
+
 def _f(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -133,16 +141,21 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=42, help="phantom seed (the config's run.seed)")
     parser.add_argument("--encoder-steps", type=int, default=1000, help="stage-1 steps of each encoder")
+    parser.add_argument("--encoders", default="every_view,frontal_images",
+                        help="stage-1 encoders to run stage 2 over, in order (the fair pair, every_view, first); the "
+                             "runs of the others are kept from an earlier lateral_view.json")
     parser.add_argument("--options", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
     args = parser.parse_args()
     from xraygpt.common.cli import setup_logging
     from xraygpt.common.fileio import atomic_write_json
 
     setup_logging()
+    encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
+    if not encoders or set(encoders) - set(ENCODERS):
+        parser.error(f"--encoders takes a comma-separated subset of {','.join(ENCODERS)}")
     prepare(args.out, args.n, args.size, args.seed, args.encoder_steps, args.options)
-    runs: List[Dict[str, Any]] = []
-    # The fair pair (same encoder, seen both views) first, so it is complete if the run is cut short.
-    for encoder in ("every_view", "frontal_images"):
+    runs = [r for r in earlier_runs(args.out / "lateral_view.json") if r["encoder"] not in encoders]
+    for encoder in encoders:
         for dataset in DATASETS:
             runs.append(train_and_score(args.out, dataset, encoder, args.options))
             summary = summarise(runs)
