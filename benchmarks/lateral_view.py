@@ -23,7 +23,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -58,8 +58,9 @@ def config(out: Path, dataset: str, encoder: str, extra: List[str]) -> Any:
     return Config({"cfg_path": str(REPO / CONFIG), "options": options})
 
 
-def prepare(out: Path, n: int, size: int, seed: int, encoder_steps: int, options: List[str]) -> None:
-    """Both phantom sets, the tokenizer and both stage-1 encoders (each step skipped when its files exist)."""
+def prepare(out: Path, n: int, size: int, seed: int, encoder_steps: int, options: List[str],
+            encoders: Sequence[str] = ENCODERS) -> None:
+    """Both phantom sets, the tokenizer and the stage-1 ``encoders`` (each step skipped when its files exist)."""
     from xraygpt.datasets import phantoms
     from xraygpt.quickstart import ensure_tokenizer
     from xraygpt.tasks.encoder_pretraining import run_encoder_pretraining, settings_for
@@ -70,7 +71,7 @@ def prepare(out: Path, n: int, size: int, seed: int, encoder_steps: int, options
                            "--views", views])
     ensure_tokenizer(out / "tokenizer.model", out / "frontal" / "filter_cap.json", 2000)
     labels = {"frontal_images": out / "frontal" / "labels.json", "every_view": labels_of_every_view(out / "two_views")}
-    for encoder in ENCODERS:
+    for encoder in encoders:
         cfg = config(out, "frontal", encoder, options)
         if not Path(cfg.model_cfg.q_former_model).is_file():
             run_encoder_pretraining(cfg, labels[encoder], settings_for(cfg, steps=encoder_steps))
@@ -153,7 +154,7 @@ def main() -> int:
     encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
     if not encoders or set(encoders) - set(ENCODERS):
         parser.error(f"--encoders takes a comma-separated subset of {','.join(ENCODERS)}")
-    prepare(args.out, args.n, args.size, args.seed, args.encoder_steps, args.options)
+    prepare(args.out, args.n, args.size, args.seed, args.encoder_steps, args.options, encoders)
     runs = [r for r in earlier_runs(args.out / "lateral_view.json") if r["encoder"] not in encoders]
     for encoder in encoders:
         for dataset in DATASETS:
