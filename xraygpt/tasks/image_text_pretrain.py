@@ -36,8 +36,8 @@ class ImageTextPretrainTask:
 
         if not self.cfg.datasets_cfg:
             raise ValueError("the config has no datasets: section")
-        run_cfg = self.cfg.run_cfg
-        return build_datasets(self.cfg.datasets_cfg, on_bad_sample=run_cfg.on_bad_sample, seed=run_cfg.seed)
+        run = self.cfg.run
+        return build_datasets(self.cfg.datasets_cfg, on_bad_sample=run.on_bad_sample, seed=run.seed)
 
     # -------------------------------------------------------------------- steps
     def train_step(self, model: torch.nn.Module, samples: Dict[str, Any]) -> Dict[str, Any]:
@@ -62,7 +62,8 @@ class ImageTextPretrainTask:
 
         ``dataset`` must yield images (the runner passes the uncached split).
         """
-        count = runner.run_cfg.valid_generate
+        run = runner.run_config
+        count = run.valid_generate
         if count == 0 or not runner.dist.is_main:
             return {}
         from xraygpt.inference.records import generate_records
@@ -70,8 +71,8 @@ class ImageTextPretrainTask:
         from xraygpt.runners.runner_base import unwrap
 
         records, _ = generate_records(
-            unwrap(runner.model), [("valid", "val", dataset)], runner.run_cfg.batch_size_eval,
-            {"max_new_tokens": runner.run_cfg.valid_max_new_tokens}, device=str(runner.device),
+            unwrap(runner.model), [("valid", "val", dataset)], run.batch_size_eval,
+            {"max_new_tokens": run.valid_max_new_tokens}, device=str(runner.device),
             limit=None if count < 0 else count,
         )
         if not records:
