@@ -122,17 +122,18 @@ def main(argv: List[str] | None = None) -> int:
     start = time.perf_counter()
     # The quick start owns its job folder: a rerun trains it again (run.overwrite) instead of being refused.
     cfg = Config({"cfg_path": args.cfg_path, "options": ["run.overwrite=true", *args.options]})
-    dataset_cfg = next(iter(cfg.datasets_cfg.values()))
-    data_dir = Path(dataset_cfg.build_info.storage)
+    if not cfg.run.job_id:
+        raise ConfigError("the quick start reads its results from run.output_dir/run.job_id: set run.job_id")
+    data_dir = Path(next(iter(cfg.datasets.values())).build_info.storage)
     ensure_phantoms(data_dir, args.phantoms, cfg.run.seed, args.phantom_size)
-    ensure_tokenizer(Path(cfg.model_cfg.tokenizer), data_dir / "filter_cap.json", args.vocab_size)
+    ensure_tokenizer(Path(cfg.model.tokenizer), data_dir / "filter_cap.json", args.vocab_size)
     prepared = time.perf_counter()
     ensure_encoder(cfg, args.encoder_steps)
     pretrained = time.perf_counter()
 
     state = run_training(cfg)
     trained = time.perf_counter()
-    job_dir = Path(cfg.run.output_dir) / str(cfg.run.job_id)
+    job_dir = Path(cfg.run.output_dir) / cfg.run.job_id
     history = state.get("history", [])
     if history:
         print("\nvalidation loss by epoch: " + ", ".join(f"{h['epoch'] + 1}: {h['loss']:.3f}" for h in history))
