@@ -129,6 +129,7 @@ def test_sixteen_concurrent_requests_are_batched(server, client, images):
     print(f"16 requests: {prefills} batched prefill calls, "
           f"{after['decode_steps'] - before.get('decode_steps', 0)} decode steps, max rows in a step {after['max_rows']}")
     assert answers == expected
+    assert type(server.app.state.batcher.batch).__name__ == "SlotDecodeBatch"  # the static-cache engine answered
     assert after["admitted"] - before.get("admitted", 0) == 16
     assert prefills < 16
     assert after["max_rows"] > 1

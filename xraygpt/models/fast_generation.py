@@ -468,7 +468,7 @@ class FastGenerator:
         self._runners: OrderedDict[tuple, _DecodeRunner] = OrderedDict()
         self.runners_built = 0
 
-    def _step_kernel(self, device: torch.device):
+    def step_kernel(self, device: torch.device):
         """The decode-step implementation for this LLM (built once, on first use)."""
         if self.step_kind == "hf":
             return None
@@ -493,7 +493,7 @@ class FastGenerator:
         cache_len = -(-needed_len // self.cache_len_multiple) * self.cache_len_multiple
         while len(self._runners) >= self.max_runners:
             self._runners.popitem(last=False)
-        kernel = self._step_kernel(device)
+        kernel = self.step_kernel(device)
         runner = _DecodeRunner(self.llm, batch, cache_len, use_graph, kernel)
         self._runners[(batch, cache_len, use_graph)] = runner
         self.runners_built += 1

@@ -102,6 +102,19 @@ def attention_and_mlp(x, q, keys, values, mask, wo, ln2, wgu, wdown, eps: float,
     return x + F.linear(F.silu(gate) * up, wdown)
 
 
+def write_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, slot: torch.Tensor, k: torch.Tensor,
+                v: torch.Tensor) -> None:
+    """Store the new token's key/value ``[B, H, 1, D]``: at column ``slot[0]`` for every row when ``slot`` has
+    one element, else at column ``slot[b]`` of row ``b`` (rows of different lengths, as a server batches them)."""
+    if slot.numel() == 1:
+        k_cache.index_copy_(2, slot, k)
+        v_cache.index_copy_(2, slot, v)
+        return
+    rows = torch.arange(k.shape[0], device=k.device)
+    k_cache[rows, :, slot] = k[:, :, 0]
+    v_cache[rows, :, slot] = v[:, :, 0]
+
+
 def block_modules(layer: nn.Module, x, k_cache, v_cache, cos, sin, slot, mask,
                   eps: float, n_heads: int, n_kv: int, head_dim: int, span: int):
     """One block calling the layer's own linears (quantized / LoRA / unfusable weights)."""
@@ -111,8 +124,7 @@ def block_modules(layer: nn.Module, x, k_cache, v_cache, cos, sin, slot, mask,
     q = _rotate(attn_mod.q_proj(h).view(batch, 1, n_heads, head_dim).transpose(1, 2), cos, sin)
     k = _rotate(attn_mod.k_proj(h).view(batch, 1, n_kv, head_dim).transpose(1, 2), cos, sin)
     v = attn_mod.v_proj(h).view(batch, 1, n_kv, head_dim).transpose(1, 2)
-    k_cache.index_copy_(2, slot, k)
-    v_cache.index_copy_(2, slot, v)
+    write_cache(k_cache, v_cache, slot, k, v)
     attn = F.scaled_dot_product_attention(q, k_cache[:, :, :span], v_cache[:, :, :span], attn_mask=mask[..., :span],
                                           scale=head_dim ** -0.5, enable_gqa=n_kv != n_heads)
     x = x + attn_mod.o_proj(attn.transpose(1, 2).reshape(batch, 1, n_heads * head_dim))
@@ -181,7 +193,8 @@ class LlamaDecodeStep:
 
     def __call__(self, embeds: torch.Tensor, caches: list[tuple[torch.Tensor, torch.Tensor]], cos: torch.Tensor,
                  sin: torch.Tensor, slot: torch.Tensor, mask: torch.Tensor, span: int) -> torch.Tensor:
-        """Logits [B, V] of the new token; ``cos``/``sin`` [B, 1, 1, head_dim], ``mask`` additive [B, 1, 1, S].
+        """Logits [B, V] of the new token; ``cos``/``sin`` [B, 1, 1, head_dim], ``mask`` additive [B, 1, 1, S];
+        ``slot`` is the cache column written: ``[1]`` (the same for every row) or ``[B]`` (one per row).
 
         If compiling fails (an unsupported linear type, a compiler error), the step logs once and runs the same
         functions uncompiled from then on; rerunning is safe because every cache write is recomputed.
@@ -206,8 +219,7 @@ class LlamaDecodeStep:
                 continue
             ln1, wqkv, wo, ln2, wgu, wdown = block.fused
             q, k, v = self.pre_fn(x, ln1, wqkv, cos, sin, **dims)
-            k_cache.index_copy_(2, slot, k)
-            v_cache.index_copy_(2, slot, v)
+            write_cache(k_cache, v_cache, slot, k, v)
             x = self.post_fn(x, q, k_cache[:, :, :span], v_cache[:, :, :span], prefix_mask, wo, ln2, wgu, wdown, **dims)
         x = self.llm.model.norm(x)
         return self.llm.lm_head(x[:, -1, :])

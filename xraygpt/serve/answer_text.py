@@ -2,8 +2,8 @@
 
 Streamed pieces must add up to exactly the final answer, so text that could still
 change is held back: a tail that may be the start of a stop string, trailing
-whitespace (the final answer is stripped) and the text of trailing byte-fallback
-tokens (``<0xE2>``...: the next byte can turn what they show into another character).
+whitespace (the final answer is stripped) and an unfinished multi-byte character
+(byte-fallback tokens ``<0xE2>``...: the next byte completes it).
 """
 from __future__ import annotations
 
@@ -32,7 +32,13 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
 
 
 class AnswerText:
-    """Accumulates token ids of one answer and hands out the new streamable text."""
+    """Accumulates token ids of one answer and hands out the new streamable text.
+
+    Decoding is incremental (a few tokens per call, not the whole answer: at 32 rows and 300 tokens the full
+    re-decode cost more host time than the GPU's decode step). The text of ``ids[start:]`` is compared with
+    that of ``ids[start:read]``, both decoded from the same token, so a tokenizer's leading-space rule treats
+    both alike; nothing settles while the answer ends in a byte-fallback token.
+    """
 
     def __init__(self, tokenizer, stops: Sequence[str]):
         self.tokenizer = tokenizer
@@ -40,18 +46,23 @@ class AnswerText:
         self.ids: List[int] = []
         self.sent = ""
         self.stopped = False
+        self.text = ""  # decoded text of ids[:self._read]
+        self._start = self._read = 0
+        self._read_text = ""  # decoded text of ids[self._start:self._read]
 
     def add(self, token: int) -> str:
         """Record ``token``; returns the text that is now safe to stream (may be empty)."""
         self.ids.append(token)
-        text, self.stopped = cut_at_stop(self.tokenizer.decode(self.ids, skip_special_tokens=True), self.stops)
+        if _BYTE_TOKEN.match(self.tokenizer.convert_ids_to_tokens(token) or ""):
+            return ""  # the next byte may complete (or invalidate) the character
+        tail = self.tokenizer.decode(self.ids[self._start:], skip_special_tokens=True)
+        if len(tail) > len(self._read_text) and tail.startswith(self._read_text):
+            self.text += tail[len(self._read_text):]
+            self._start, self._read = self._read, len(self.ids)
+            self._read_text = self.tokenizer.decode(self.ids[self._start:], skip_special_tokens=True)
+        text, self.stopped = cut_at_stop(self.text, self.stops)
         if self.stopped:
             return self._advance(text.strip())
-        settled = len(self.ids)
-        while settled and _BYTE_TOKEN.match(self.tokenizer.convert_ids_to_tokens(self.ids[settled - 1]) or ""):
-            settled -= 1
-        if settled < len(self.ids):
-            text, _ = cut_at_stop(self.tokenizer.decode(self.ids[:settled], skip_special_tokens=True), self.stops)
         text = text.lstrip()
         return self._advance(text[: len(text) - _held_back(text, self.stops)])
 

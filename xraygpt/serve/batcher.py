@@ -23,6 +23,7 @@ import torch
 from xraygpt.common.errors import XrayGPTError
 from xraygpt.serve.answer_text import AnswerText
 from xraygpt.serve.decode_batch import DecodeBatch
+from xraygpt.serve.slot_batch import slot_batch_for
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class ContinuousBatcher:
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
-        self.batch = DecodeBatch(model.llama_model)
+        self.batch: Any = None  # built by the worker: SlotDecodeBatch (captured steps) or DecodeBatch
         self.rows: List[_Row] = []
         self.next_tokens: Optional[torch.Tensor] = None
         self.waiting: Deque[GenerationRequest] = collections.deque()
@@ -144,7 +145,23 @@ class ContinuousBatcher:
             return {"running": len(self.rows), "waiting": len(self.waiting)}
 
     # --------------------------------------------------------------- worker
+    def _build_batch(self) -> None:
+        """The decoding engine, warmed up before the first request is admitted (requests queue meanwhile)."""
+        self.batch = slot_batch_for(self.model, self.max_batch_size)
+        if self.batch is None:
+            self.batch = DecodeBatch(self.model.llama_model)
+            return
+        seconds = self.batch.warm_up()
+        logger.info("decode steps ready: %d slots x %d-token window, %d rows buckets x %d attention spans, "
+                    "%d CUDA graphs, %.1f s", self.batch.slots, self.batch.window, len(self.batch.buckets),
+                    len(self.batch.spans), self.batch.captures(), seconds)
+
     def _run(self) -> None:
+        try:
+            self._build_batch()
+        except Exception:  # noqa: BLE001 - the server stays up and answers with the transformers forward
+            logger.exception("building the captured decode steps failed; decoding with the transformers forward")
+            self.batch = DecodeBatch(self.model.llama_model)
         while True:
             admitted = self._admissions()
             if admitted is None:
@@ -192,7 +209,7 @@ class ContinuousBatcher:
                     request.on_event("error", {"message": message})
             self.stats["failed"] += len(self.rows)
             self.rows, self.next_tokens = [], None
-            self.batch = DecodeBatch(self.model.llama_model)
+            self.batch.reset()
 
     @torch.inference_mode()
     def _prefill(self, requests: List[GenerationRequest]) -> None:

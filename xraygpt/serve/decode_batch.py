@@ -79,6 +79,10 @@ class DecodeBatch:
             layer.values = layer.values[index, :, unused:]
         self.mask = self.mask[:, unused:]
 
+    def reset(self) -> None:
+        """Forget every row (after an error)."""
+        self.cache = self.mask = self.positions = None
+
     def _append(self, cache: Any, mask: torch.Tensor, positions: torch.Tensor) -> None:
         if self.cache is None:
             self.cache, self.mask, self.positions = cache, mask, positions

@@ -1,0 +1,112 @@
+"""The server's slot engine: rows join and leave a static cache between steps and still decode as if alone."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xraygpt.common.config import Config
+from xraygpt.conversation.loading import load_model_and_processor
+from xraygpt.datasets.image_io import load_medical_image
+from xraygpt.serve.slot_batch import SlotDecodeBatch, row_buckets, slot_batch_for
+
+QUESTIONS = ["Findings?", "Is there an effusion on the left side of the chest?", "Heart size?",
+             "Describe the lungs, the heart, the mediastinum and the bones in detail please.", "Any opacity?"]
+
+
+@pytest.fixture(scope="module")
+def tiny(repo_root, seed_reference_dir):
+    cfg = Config({"cfg_path": str(repo_root / "eval_configs" / "seed_reference_tiny.yaml")})
+    torch.manual_seed(0)
+    model, processor = load_model_and_processor(cfg, torch.device("cpu"))
+    images = sorted((seed_reference_dir / "images").glob("*.png"))
+    pixels = [processor(load_medical_image(images[i % len(images)])) for i in range(len(QUESTIONS))]
+    return model, pixels
+
+
+def _inputs(model, pixels, indices):
+    with torch.inference_mode():
+        features = model.encode_qformer(torch.stack([pixels[i] for i in indices]))
+        return model.prepare_generation_inputs(None, [f"<Img><ImageHere></Img> {QUESTIONS[i]}" for i in indices],
+                                               image_features=features)
+
+
+def _alone(model, pixels, index, steps):
+    embeds, mask = _inputs(model, pixels, [index])
+    with torch.inference_mode():
+        out = model.llama_model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=steps,
+                                         min_new_tokens=steps, do_sample=False)
+    return out[0, -steps:].tolist()
+
+
+def test_rows_joining_and_leaving_decode_as_if_alone(tiny):
+    model, pixels = tiny
+    steps = 12
+    reference = [_alone(model, pixels, i, 20) for i in range(len(QUESTIONS))]
+    batch = slot_batch_for(model, slots=4)
+    assert isinstance(batch, SlotDecodeBatch) and batch.window == 2048 and batch.buckets == [1, 2, 4]
+    produced: dict[int, list[int]] = {}
+    order: list[int] = []  # request index of each row, in row order
+    nxt = torch.empty(0, dtype=torch.long)
+
+    def admit(indices):
+        nonlocal nxt
+        embeds, mask = _inputs(model, pixels, indices)
+        tokens = batch.prefill(embeds, mask).argmax(-1)
+        for i, token in zip(indices, tokens.tolist()):
+            produced[i] = [token]
+        order.extend(indices)
+        nxt = torch.cat([nxt, tokens])
+
+    def step(times):
+        nonlocal nxt
+        for _ in range(times):
+            nxt = batch.step(nxt).argmax(-1)
+            for i, token in zip(order, nxt.tolist()):
+                produced[i].append(token)
+
+    def leave(done):
+        nonlocal nxt
+        keep = [r for r, i in enumerate(order) if i not in done]
+        batch.keep(keep)
+        order[:] = [order[r] for r in keep]
+        nxt = nxt[keep]
+
+    admit([0])
+    step(3)
+    admit([1, 2])  # left-padded together, joined to a running row of another length
+    step(4)
+    leave({0})  # frees slot 0 ...
+    admit([3])  # ... which the next request reuses, beside rows in slots 1 and 2
+    assert batch.slot_of == [1, 2, 0]
+    step(4)
+    leave({1, 2})
+    admit([4])
+    step(steps)
+    assert {i: len(t) for i, t in produced.items()} == {0: 8, 1: 9, 2: 9, 3: 17, 4: 13}
+    for i, tokens in produced.items():
+        assert tokens == reference[i][:len(tokens)], f"request {i}"
+    assert batch.captures() == 0  # CPU: the same step, eagerly
+
+
+def test_parked_slots_never_disturb_running_rows(tiny):
+    """A row decoding in slot 2 of bucket 4 beside parked slots gives the same tokens as in slot 0 alone."""
+    model, pixels = tiny
+    reference = _alone(model, pixels, 1, 8)
+    batch = slot_batch_for(model, slots=4)
+    embeds, mask = _inputs(model, pixels, [0, 0, 1])
+    first = batch.prefill(embeds, mask).argmax(-1)
+    batch.keep([2])  # rows 0 and 1 leave: slots 0 and 1 parked, the row lives in slot 2
+    tokens, nxt = [int(first[2])], first[2:]
+    for _ in range(7):
+        nxt = batch.step(nxt).argmax(-1)
+        tokens.append(int(nxt[0]))
+    assert batch.slot_of == [2] and tokens == reference
+
+
+def test_row_buckets_and_refusals(tiny):
+    assert row_buckets(1) == [1] and row_buckets(32) == [1, 2, 4, 8, 16, 32] and row_buckets(12) == [1, 2, 4, 8, 12]
+    model, pixels = tiny
+    batch = slot_batch_for(model, slots=1)
+    embeds, mask = _inputs(model, pixels, [0, 1])
+    with pytest.raises(ValueError, match="2 new rows but only 1 free slots"):
+        batch.prefill(embeds, mask)
