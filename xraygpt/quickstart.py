@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -75,7 +76,7 @@ def evaluate(cfg: Any, weights: Path, split: str, max_new_tokens: int, meteor: b
     from xraygpt.inference.records import generate_records
     from xraygpt.evaluation import score_reports
 
-    cfg.model_cfg.ckpt = str(weights)
+    cfg.model = dataclasses.replace(cfg.model, ckpt=str(weights))
     task = registry.get_task_class(cfg.run.task).setup_task(cfg)
     datasets = task.build_datasets()
     if split not in datasets:

@@ -158,7 +158,7 @@ class Config:
         self.model = None
         if "arch" in model:
             check = getattr(registry.get_model_class(model.arch), "check_config", None)
-            self.model = check(model, source=lambda key: self._source_of("model", key)) if check else None
+            self.model = check(model, source=lambda key: self._source_of("model", key)) if check else model
         self.datasets = {}
         for name, section in (merged.get("datasets") or {}).items():
             check = getattr(registry.get_builder_class(name), "check_config", None)

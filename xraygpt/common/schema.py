@@ -131,7 +131,8 @@ class JobConfig:
 
     run: "RunConfig"
     model: Any
-    """The model class's typed config (``MiniGPT4Config``), ``None`` without ``model.arch``."""
+    """The model class's typed config (``MiniGPT4Config``; the section as given when the class has no
+    ``check_config``), ``None`` without ``model.arch``."""
     datasets: Dict[str, Any]
     """Dataset name -> its builder's ``DatasetSection``."""
     preprocess: PreprocessSection

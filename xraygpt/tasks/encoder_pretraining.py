@@ -164,8 +164,8 @@ def run_encoder_pretraining(cfg: Any, labels_file: Optional[Path] = None,
 
     settings = settings or cfg.pretrain
     seed, device = cfg.run.seed, str(pick_device(cfg.run.device))
-    model_cfg = cfg.model_cfg
-    if not cfg.model.vit_path or not cfg.model.q_former_model:
+    model_cfg = cfg.model
+    if not model_cfg.vit_path or not model_cfg.q_former_model:
         raise ConfigError("encoder pretraining writes model.vit_path and model.q_former_model: set both in the config")
     dataset_cfg = next(iter(cfg.datasets_cfg.values()))
     labels_file = Path(labels_file or Path(dataset_cfg.build_info.storage) / "labels.json")

@@ -25,10 +25,10 @@ class ImageTextPretrainTask:
 
     # ----------------------------------------------------------------- building
     def build_model(self) -> torch.nn.Module:
-        model_cfg = self.cfg.model_cfg
-        if "arch" not in model_cfg:
+        section = self.cfg.model  # checked at load (MiniGPT4Config)
+        if section is None:
             raise ValueError("the config has no model.arch (e.g. mini_gpt4)")
-        return registry.get_model_class(model_cfg.arch).from_config(model_cfg)
+        return registry.get_model_class(section.arch).from_config(section)
 
     def build_datasets(self) -> Dict[str, Dataset]:
         """Every dataset's builder; splits of several datasets mixed by ``sample_ratio`` or concatenated."""
