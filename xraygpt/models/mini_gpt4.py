@@ -27,6 +27,7 @@ from xraygpt.models.checkpoint_io import (
     read_state_dict,
     save_original_pth,
     save_safetensors,
+    skipped_init,
 )
 from xraygpt.models.fast_generation import GraphedCall
 from xraygpt.models.answer_text import clean_answer, run_in_thread, stream_until, strip_leading_special, trim_generated
@@ -74,7 +75,8 @@ class MiniGPT4(nn.Module):
         )
         self.visual_encoder.to(resolve_dtype(cfg.vit_precision))
         self.ln_vision = FP32LayerNorm(self.visual_encoder.num_features, eps=1e-5)
-        self.qformer = build_qformer(cfg.qformer_config, self.visual_encoder.num_features)
+        with skipped_init(bool(cfg.q_former_model)):  # load_blip2 checks that it sets every Q-Former weight
+            self.qformer = build_qformer(cfg.qformer_config, self.visual_encoder.num_features)
         self.query_tokens = init_query_tokens(cfg.num_query_token, self.qformer)
         if cfg.q_former_model:
             self.load_blip2(cfg.q_former_model)
