@@ -22,6 +22,7 @@ Results: ``OUT/product_paths.json``, ``OUT/product_paths.md`` (also appended to 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -133,7 +134,7 @@ def child_chat(args) -> int:
     import torch
 
     from xraygpt import demo
-    from xraygpt.conversation.decoding_settings import GenerationSettings
+    from xraygpt.common.decoding_settings import CHAT_DEFAULTS
     from xraygpt.models import fast_generation
 
     new_tokens: list[int] = []
@@ -156,7 +157,7 @@ def child_chat(args) -> int:
     print(f"ready after {ready:.1f} s", flush=True)
     state = chat.new_state()
     chat.upload_img(str(args.image), state)
-    settings = GenerationSettings(max_new_tokens=args.turn_tokens)  # the UI's defaults (sampling, top_p 0.9)
+    settings = dataclasses.replace(CHAT_DEFAULTS, max_new_tokens=args.turn_tokens)  # the UI's defaults (sampling, top_p 0.9)
     turns = []
     for number, question in enumerate(CHAT_QUESTIONS, start=1):
         chat.ask(question, state)

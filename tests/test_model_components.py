@@ -110,6 +110,22 @@ def test_lora_checkpoint_needs_lora_config(repo_root, tmp_path):
         build(repo_root).load_checkpoint(tmp_path / "lora.safetensors")
 
 
+@torch.no_grad()
+def test_the_image_path_is_one_path(repo_root):
+    """encode_qformer -> llama_proj -> image slots; encode_img and encode_features are views of that path."""
+    model = build(repo_root).eval()
+    images = torch.randn(2, 3, 224, 224)
+    features = model.encode_qformer(images)
+    assert torch.equal(model.encode_features(images), features)
+    inputs_llama, atts = model.encode_img(images)
+    assert torch.equal(inputs_llama, model.llama_proj(features))
+    assert atts.tolist() == [[1] * 4] * 2
+    with pytest.raises(ValueError, match=r"image_features must be \[B, 4, 32\]"):
+        model.prepare_generation_inputs(None, ["Hi", "Hi"], image_features=features[:, :1])
+    with pytest.raises(KeyError, match="samples need 'image'"):
+        model.prepare_generation_inputs(None, ["Hi"])
+
+
 def test_generate_with_full_context_equals_template(repo_root):
     model = build(repo_root).eval()
     images = torch.randn(2, 3, 224, 224)

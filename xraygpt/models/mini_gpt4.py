@@ -6,6 +6,7 @@ different prompt per sample are supported, for training and for generation.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -95,7 +96,7 @@ class MiniGPT4(nn.Module):
 
         self._llm_compiled = False
         frozen_encoders = cfg.freeze_vit and cfg.freeze_qformer
-        self._encoder_graph = GraphedCall(self._encode_qformer) if frozen_encoders else None
+        self._encoder_graph = GraphedCall(functools.partial(self.encode_qformer, graphed=False)) if frozen_encoders else None
         self.prompt_list: List[str] = read_prompt_file(cfg.prompt_path, cfg.prompt_template) if cfg.prompt_path else []
         if cfg.ckpt:
             self.load_checkpoint(cfg.ckpt)
@@ -142,33 +143,35 @@ class MiniGPT4(nn.Module):
         return self.tokenizer
 
     # ------------------------------------------------------------ image side
-    def encode_qformer(self, image: torch.Tensor) -> torch.Tensor:
+    # One path, image -> LLM input:
+    #   image [N,3,H,W] --encode_qformer--> Q-Former output [N,Q,D_qformer] (the half a feature cache stores)
+    #     --llama_proj (_image_slot_embeds)--> [N,Q,D_llm] --_fill_image_slots--> the prompt's token embeddings.
+    # encode_img is the original API over the first two steps.
+    def encode_qformer(self, image: torch.Tensor, *, graphed: bool = True) -> torch.Tensor:
         """``[B, 3, H, W]`` -> Q-Former last hidden state ``[B, num_query_token, D_qformer]``.
 
         Frozen parts run without autograd, so their activations are never kept. Frozen on CUDA, the
         call is replayed from a CUDA graph per batch shape (fast_generation.GraphedCall): ~70 Python-driven
-        blocks cost more host time than GPU time at small batches.
+        blocks cost more host time than GPU time at small batches. ``graphed=False`` is the eager call the
+        graph records.
         """
         image = image.to(self.device)
-        if image.is_cuda and self._encoder_graph is not None:
+        if graphed and image.is_cuda and self._encoder_graph is not None:
             return self._encoder_graph(image).clone()
-        return self._encode_qformer(image)
-
-    def _encode_qformer(self, image: torch.Tensor) -> torch.Tensor:
         grad = torch.is_grad_enabled()
         with torch.set_grad_enabled(grad and not self.config.freeze_vit):
-            image_embeds = self.ln_vision(self.visual_encoder(image.to(self.device)))
+            image_embeds = self.ln_vision(self.visual_encoder(image))
         with torch.set_grad_enabled(grad and not self.config.freeze_qformer):
             query = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
             return self.qformer(query_embeds=query, encoder_hidden_states=image_embeds).last_hidden_state
 
-    # What a frozen-feature cache needs (xraygpt.runners.feature_cache): the cacheable half of the
-    # image path, the weights it reads and the settings that shape it.
+    # What a frozen-feature cache needs (xraygpt.runners.feature_cache.FeatureSource): the cacheable half of
+    # the image path, the weights it reads and the settings that shape it.
     FEATURE_CONFIG_KEYS = ("vit_model", "vit_path", "image_size", "vit_precision", "vision_config", "q_former_model",
                            "qformer_config", "num_query_token")
 
     def encode_features(self, image: torch.Tensor) -> torch.Tensor:
-        """The part of the image path a cache may store: :meth:`encode_qformer`."""
+        """The cache's name for :meth:`encode_qformer` (what it stores, and what ``image_features`` hold)."""
         return self.encode_qformer(image)
 
     def feature_tensors(self) -> List[Tuple[str, torch.Tensor]]:
@@ -181,24 +184,23 @@ class MiniGPT4(nn.Module):
         """The settings that shape the features (part of a cache's fingerprint)."""
         return {key: getattr(self.config, key) for key in self.FEATURE_CONFIG_KEYS}
 
-    def project(self, qformer_features: torch.Tensor) -> torch.Tensor:
-        return self.llama_proj(qformer_features.to(device=self.device, dtype=self.llama_proj.weight.dtype))
-
     def encode_img(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(inputs_llama [B, Q, D_llm], atts_llama [B, Q])`` as in the original."""
-        inputs_llama = self.project(self.encode_qformer(image))
+        inputs_llama = self._image_slot_embeds(image, None)
         return inputs_llama, torch.ones(inputs_llama.shape[:-1], dtype=torch.long, device=inputs_llama.device)
 
-    def _image_embeddings(self, samples: Mapping[str, Any]) -> torch.Tensor:
-        features = samples.get("image_features")
-        if features is not None:
+    def _image_slot_embeds(self, images: Optional[torch.Tensor], features: Optional[torch.Tensor]) -> torch.Tensor:
+        """``llama_proj`` of the Q-Former output ``[N, Q, D_llm]``: from cached ``features`` when given, else
+        computed from ``images``."""
+        if features is None:
+            if images is None:
+                raise KeyError("samples need 'image' [B,3,H,W] or 'image_features' [B,Q,D] (cached Q-Former outputs)")
+            features = self.encode_qformer(images)
+        else:
             expected = (self.config.num_query_token, self.qformer.config.hidden_size)
             if tuple(features.shape[1:]) != expected:
                 raise ValueError(f"image_features must be [B, {expected[0]}, {expected[1]}] (Q-Former outputs), got {list(features.shape)}")
-            return self.project(features)
-        if samples.get("image") is None:
-            raise KeyError("samples need 'image' [B,3,H,W] or 'image_features' [B,Q,D] (cached Q-Former outputs)")
-        return self.encode_img(samples["image"])[0]
+        return self.llama_proj(features.to(device=self.device, dtype=self.llama_proj.weight.dtype))
 
     def _image_counts(self, counts: Optional[Any], num_images: int, batch_size: int) -> Optional[List[int]]:
         """Images per sample (None: one each); studies above ``model.max_images`` are refused."""
@@ -223,8 +225,8 @@ class MiniGPT4(nn.Module):
             return wrap_prompt(prompt, self.config.prompt_template)
         return wrap_study_prompt(prompt, self.config.prompt_template, count, views, self.config.view_template)
 
-    def _embed(self, batch: TokenBatch, image_embeds: torch.Tensor) -> torch.Tensor:
-        """Token embeddings with the image slots replaced by ``image_embeds`` (row-major order)."""
+    def _fill_image_slots(self, batch: TokenBatch, image_embeds: torch.Tensor) -> torch.Tensor:
+        """The batch's token embeddings with its image slots replaced by ``image_embeds`` (row-major order)."""
         embed_tokens = self.llama_model.get_input_embeddings()
         embeds = embed_tokens(batch.input_ids.to(self.device))
         mask = batch.image_mask.to(self.device).unsqueeze(-1)
@@ -252,7 +254,7 @@ class MiniGPT4(nn.Module):
 
         The mean is token-weighted, i.e. ``sum_i n_i * loss_i / sum_i n_i`` over the samples.
         """
-        image_embeds = self._image_embeddings(samples)
+        image_embeds = self._image_slot_embeds(samples.get("image"), samples.get("image_features"))
         captions = samples["caption"]
         counts = self._image_counts(samples.get("image_counts"), image_embeds.shape[0], len(captions))
         batch = build_train_batch(
@@ -264,7 +266,7 @@ class MiniGPT4(nn.Module):
             self.config.max_txt_len,
             counts,
         )
-        inputs_embeds = self._embed(batch, image_embeds)
+        inputs_embeds = self._fill_image_slots(batch, image_embeds)
         if self.config.compile_llm and inputs_embeds.is_cuda and not self._llm_compiled:
             self._llm_compiled = compile_decoder_layers(self.llama_model) > 0
         # Only caption positions go through the LM head (same loss as labels=, less work and memory).
@@ -291,8 +293,7 @@ class MiniGPT4(nn.Module):
         """
         if isinstance(prompts, str):
             prompts = [prompts]
-        samples = {"image": images, "image_features": image_features}
-        image_embeds = self._image_embeddings(samples)
+        image_embeds = self._image_slot_embeds(images, image_features)
         counts = self._image_counts(image_counts, image_embeds.shape[0], len(prompts))
         views = list(views) if views is not None else [None] * len(prompts)
         if apply_template:
@@ -300,7 +301,7 @@ class MiniGPT4(nn.Module):
         else:
             texts = list(prompts)
         batch = build_generation_batch(self.tokenizer, texts, self.config.num_query_token, counts)
-        return self._embed(batch, image_embeds), batch.attention_mask.to(self.device)
+        return self._fill_image_slots(batch, image_embeds), batch.attention_mask.to(self.device)
 
     def _generation_kwargs(self, overrides: Mapping[str, Any]) -> Dict[str, Any]:
         kwargs: Dict[str, Any] = {"max_new_tokens": 300, "num_beams": 1, "do_sample": False}

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from typing import Any, Iterator, List, Optional, Set
+from typing import Iterator, List, Optional, Set
 
 import torch
 import torch.distributed as dist
@@ -30,6 +30,7 @@ from torch import nn
 
 from xraygpt.common.dist_utils import DistInfo, process_group_backend
 from xraygpt.common.errors import ConfigurationError
+from xraygpt.common.schema import RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -56,16 +57,16 @@ def decoder_layers(model: nn.Module) -> List[nn.Module]:
     return list(layers)
 
 
-def mixed_precision(run_cfg: Any, device: torch.device):
+def mixed_precision(run: RunConfig, device: torch.device):
     """bf16 gathered weights and fp32 gradient reduction on GPUs by default; fp32 throughout on CPU."""
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
     from xraygpt.models.llm import resolve_dtype
 
-    name = str(run_cfg.fsdp_param_dtype)
+    name = run.fsdp_param_dtype
     if name == "auto":
         name = "bf16" if device.type == "cuda" else "fp32"
-    return MixedPrecisionPolicy(param_dtype=resolve_dtype(name), reduce_dtype=resolve_dtype(str(run_cfg.fsdp_reduce_dtype)))
+    return MixedPrecisionPolicy(param_dtype=resolve_dtype(name), reduce_dtype=resolve_dtype(run.fsdp_reduce_dtype))
 
 
 def ensure_process_group(dist_info: DistInfo) -> None:
@@ -102,7 +103,7 @@ def checkpoint_decoder_layers(model: nn.Module) -> int:
     return len(decoder_layers(model))
 
 
-def shard_model(model: nn.Module, run_cfg: Any, dist_info: DistInfo) -> nn.Module:
+def shard_model(model: nn.Module, run: RunConfig, dist_info: DistInfo) -> nn.Module:
     """Apply FSDP2 in place (call before building the optimizer: parameters become DTensors)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -115,12 +116,12 @@ def shard_model(model: nn.Module, run_cfg: Any, dist_info: DistInfo) -> nn.Modul
         model.config = dataclasses.replace(config, compile_llm=False)
     ensure_process_group(dist_info)
     mesh = init_device_mesh(dist_info.device.type, (dist.get_world_size(),))
-    policy = mixed_precision(run_cfg, dist_info.device)
+    policy = mixed_precision(run, dist_info.device)
     layers = decoder_layers(model)
     for layer in layers:
         fully_shard(layer, mesh=mesh, mp_policy=policy)
     ignored: Optional[Set[nn.Parameter]] = None
-    if run_cfg.fsdp_shard_frozen:
+    if run.fsdp_shard_frozen:
         keep_dtype = MixedPrecisionPolicy()  # frozen encoders compute in the dtype they were loaded in
         for name in ("visual_encoder", "qformer"):
             part = getattr(model, name, None)
@@ -135,7 +136,7 @@ def shard_model(model: nn.Module, run_cfg: Any, dist_info: DistInfo) -> nn.Modul
     fully_shard(model, mesh=mesh, mp_policy=policy, ignored_params=ignored)
     logger.info("FSDP2: %d decoder layers + root sharded over %d process(es), params %s, reduce %s, frozen image "
                 "side %s", len(layers), dist.get_world_size(), policy.param_dtype or "as loaded", policy.reduce_dtype,
-                "sharded" if run_cfg.fsdp_shard_frozen else "replicated")
+                "sharded" if run.fsdp_shard_frozen else "replicated")
     return model
 
 

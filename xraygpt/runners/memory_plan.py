@@ -34,6 +34,8 @@ import torch
 from torch import nn
 
 from xraygpt.common.errors import ConfigurationError
+from xraygpt.common.schema import RunConfig
+from xraygpt.models.model_config import MiniGPT4Config
 
 GIB = 2**30
 PROMPT_ALLOWANCE = 24
@@ -92,19 +94,19 @@ def _param_bytes(name: str, param: nn.Parameter, model_cfg: Any) -> int:
     return param.numel() * _BYTES[dtype]
 
 
-def plan_memory(model: nn.Module, model_cfg: Any, run_cfg: Any, processes: int, seq_len: Optional[int] = None
+def plan_memory(model: nn.Module, model_cfg: MiniGPT4Config, run: RunConfig, processes: int, seq_len: Optional[int] = None
                 ) -> MemoryPlan:
-    """Per-process memory of training ``model`` (a meta-device MiniGPT-4) with ``run_cfg`` on ``processes`` GPUs."""
+    """Per-process memory of training ``model`` (a meta-device MiniGPT-4) with ``run`` on ``processes`` GPUs."""
     from xraygpt.runners.fsdp import FROZEN_VISUAL_PARTS, decoder_layers
 
-    strategy, world = str(run_cfg.strategy), max(int(processes), 1)
+    strategy, world = run.strategy, max(processes, 1)
     sharded_strategy = strategy == "fsdp"
-    compute = 2 if sharded_strategy and str(run_cfg.fsdp_param_dtype) in ("auto", "bf16", "fp16") else None
+    compute = 2 if sharded_strategy and run.fsdp_param_dtype in ("auto", "bf16", "fp16") else None
     named = dict(model.named_parameters())
     sizes = {n: _param_bytes(n, p, model_cfg) for n, p in named.items()}
     trainable = {n for n, p in named.items() if p.requires_grad}
     replicated = {n for n in named if n.split(".")[0] in FROZEN_VISUAL_PARTS and n not in trainable}
-    if not sharded_strategy or run_cfg.fsdp_shard_frozen:
+    if not sharded_strategy or run.fsdp_shard_frozen:
         replicated = set() if sharded_strategy else set(named)
     sharded = set(named) - replicated
 
@@ -132,16 +134,15 @@ def plan_memory(model: nn.Module, model_cfg: Any, run_cfg: Any, processes: int, 
     llm = model.llama_model.config
     hidden, inter = int(llm.hidden_size), int(llm.intermediate_size)
     vocab = int(model.llama_model.get_output_embeddings().weight.shape[0])
-    a = compute or (2 if bool(getattr(run_cfg, "amp", False)) or _gpu_dtype(model_cfg.llm_dtype) != "fp32" else 4)
-    tokens = int(run_cfg.batch_size_train) * int(seq_len or default_seq_len(model_cfg))
+    a = compute or (2 if run.amp or _gpu_dtype(model_cfg.llm_dtype) != "fp32" else 4)
+    tokens = run.batch_size_train * (seq_len or default_seq_len(model_cfg))
     per_layer = tokens * (8 * hidden + a * (7 * hidden + 4 * inter))
     # A frozen LLM keeps the same tensors: the gradient still flows through it to llama_proj.
-    blocks = (len(layers) * tokens * a * hidden + per_layer) if run_cfg.activation_checkpointing \
+    blocks = (len(layers) * tokens * a * hidden + per_layer) if run.activation_checkpointing \
         else len(layers) * per_layer
-    head = int(run_cfg.batch_size_train) * int(model_cfg.max_txt_len) * vocab * (a + 8)
+    head = run.batch_size_train * model_cfg.max_txt_len * vocab * (a + 8)
     activations = blocks + head
-    plan = MemoryPlan(strategy, world, int(run_cfg.batch_size_train), tokens // int(run_cfg.batch_size_train),
-                      bool(run_cfg.activation_checkpointing),
+    plan = MemoryPlan(strategy, world, run.batch_size_train, tokens // run.batch_size_train, run.activation_checkpointing,
                       params={"total": sum(p.numel() for p in named.values()),
                               "trainable": sum(named[n].numel() for n in trainable),
                               "sharded": sum(named[n].numel() for n in sharded) if sharded_strategy else 0,
@@ -151,9 +152,9 @@ def plan_memory(model: nn.Module, model_cfg: Any, run_cfg: Any, processes: int, 
     return plan
 
 
-def default_seq_len(model_cfg: Any) -> int:
+def default_seq_len(model_cfg: MiniGPT4Config) -> int:
     """Image slots + the longest caption + the prompt allowance: 32 + 160 + 24 = 216 for XrayGPT."""
-    return int(model_cfg.num_query_token) + int(model_cfg.max_txt_len) + PROMPT_ALLOWANCE
+    return model_cfg.num_query_token + model_cfg.max_txt_len + PROMPT_ALLOWANCE
 
 
 def visible_gpu_memory() -> Optional[float]:
@@ -191,7 +192,7 @@ def format_plan(plan: MemoryPlan, gpu_bytes: Optional[float], assumed: bool) -> 
     return "\n".join(lines)
 
 
-def describe_plan(model_section: Any, run_cfg: Any, processes: Optional[int] = None,
+def describe_plan(model_section: Any, run: RunConfig, processes: Optional[int] = None,
                   gpu_memory_gib: Optional[float] = None, seq_len: Optional[int] = None) -> str:
     """The ``--dry-run`` report: ``processes`` defaults to WORLD_SIZE (torchrun) or 1; a given
     ``gpu_memory_gib`` is checked instead of the visible GPU."""
@@ -201,6 +202,6 @@ def describe_plan(model_section: Any, run_cfg: Any, processes: Optional[int] = N
 
     model_cfg = model_config_from(model_section)
     world = processes or int(os.environ.get("WORLD_SIZE", 1))
-    plan = plan_memory(meta_model(model_cfg), model_cfg, run_cfg, world, seq_len)
+    plan = plan_memory(meta_model(model_cfg), model_cfg, run, world, seq_len)
     assumed = gpu_memory_gib is not None
     return format_plan(plan, gpu_memory_gib * GIB if assumed else visible_gpu_memory(), assumed)
