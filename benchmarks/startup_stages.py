@@ -17,6 +17,7 @@ import time
 T0 = time.time()
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -35,7 +36,7 @@ def convert(weights: Path, out: Path) -> None:
     from xraygpt.models.checkpoint_io import read_state_dict
 
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("eva_vit_g.pth", "blip2_pretrained_flant5xxl.pth", "xraygpt_openi_finetune.pth"):
+    for name in ("eva_vit_g.pth", "blip2_pretrained_flant5xxl.pth"):  # model.ckpt (12 MB) stays .pth
         start = time.time()
         state = {k: v.contiguous() for k, v in read_state_dict(weights / name, name).items()}
         save_file(state, str(out / Path(name).with_suffix(".safetensors").name))
@@ -87,10 +88,11 @@ def run(argv: list[str]) -> None:
           flush=True)
     state = chat.new_state()
     chat.upload_img(str(IMAGE), state)
+    settings = dataclasses.replace(CHAT_DEFAULTS, max_new_tokens=200)  # the UI's sampling, 200-token turns
     for question in QUESTIONS:
         chat.ask(question, state)
         start, first = time.perf_counter(), None
-        for _ in chat.stream_answer(state, CHAT_DEFAULTS):
+        for _ in chat.stream_answer(state, settings):
             if first is None:
                 first = time.perf_counter() - start
         print(f"TURN first piece {1e3 * (first or 0):.1f} ms, total {time.perf_counter() - start:.2f} s", flush=True)
