@@ -153,7 +153,7 @@ def test_prompt_file_is_used_when_samples_carry_no_prompt(repo_root, tmp_path):
         build(repo_root)(samples)
 
 
-def test_fast_generation_switch_routes_decoding(repo_root, monkeypatch):
+def test_graph_decoding_switch_routes_decoding(repo_root, monkeypatch):
     import types
 
     import xraygpt.models
@@ -165,7 +165,7 @@ def test_fast_generation_switch_routes_decoding(repo_root, monkeypatch):
         return torch.tensor([[286, 514, 2, 2]])  # '▁The ▁heart' then EOS padding
 
     fake = types.SimpleNamespace(generate=fake_generate)
-    monkeypatch.setattr(xraygpt.models, "fast_generation", fake, raising=False)
+    monkeypatch.setattr(xraygpt.models, "graph_decoding", fake, raising=False)
     model = build(repo_root, "model.use_fast_generation=true")
     texts, ids = model.generate(torch.randn(1, 3, 224, 224), ["Hi"], max_new_tokens=4, return_ids=True)
     assert calls and calls[0][2] == 4 and calls[0][0][:2] == calls[0][1]

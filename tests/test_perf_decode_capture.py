@@ -14,7 +14,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from xraygpt.models import llama_decode
-from xraygpt.models.fast_generation import CancelCriterion, FastGenerator, attention_spans, with_cancel_criterion
+from xraygpt.models.graph_decoding import CancelCriterion, FastGenerator, attention_spans, with_cancel_criterion
 
 HIDDEN = 64
 

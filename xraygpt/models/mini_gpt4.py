@@ -29,7 +29,7 @@ from xraygpt.models.checkpoint_io import (
     save_safetensors,
     skipped_init,
 )
-from xraygpt.models.fast_generation import GraphedCall
+from xraygpt.models.graph_decoding import GraphedCall
 from xraygpt.models.answer_text import clean_answer, run_in_thread, stream_until, strip_leading_special, trim_generated
 from xraygpt.models.llm import apply_lora, load_language_model, load_tokenizer, resolve_dtype
 from xraygpt.common.schema import Source
@@ -151,7 +151,7 @@ class MiniGPT4(nn.Module):
         """``[B, 3, H, W]`` -> Q-Former last hidden state ``[B, num_query_token, D_qformer]``.
 
         Frozen parts run without autograd, so their activations are never kept. Frozen on CUDA, the
-        call is replayed from a CUDA graph per batch shape (fast_generation.GraphedCall): ~70 Python-driven
+        call is replayed from a CUDA graph per batch shape (graph_decoding.GraphedCall): ~70 Python-driven
         blocks cost more host time than GPU time at small batches. ``graphed=False`` is the eager call the
         graph records.
         """
@@ -317,15 +317,15 @@ class MiniGPT4(nn.Module):
         """New token ids ``[B, N]`` (rows that stopped early are padded with EOS).
 
         The seam for the CUDA fast path: ``model.use_fast_generation`` routes here
-        to ``xraygpt.models.fast_generation.generate(model, inputs_embeds, attention_mask, **kwargs)``.
+        to ``xraygpt.models.graph_decoding.generate(model, inputs_embeds, attention_mask, **kwargs)``.
         """
-        from xraygpt.models import fast_generation
+        from xraygpt.models import graph_decoding
 
         cancel = kwargs.pop("cancel", None)
         if self.config.use_fast_generation:
-            return fast_generation.generate(self, inputs_embeds, attention_mask, cancel=cancel, **kwargs)
+            return graph_decoding.generate(self, inputs_embeds, attention_mask, cancel=cancel, **kwargs)
         return self.llama_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                         **fast_generation.with_cancel_criterion(kwargs, cancel))
+                                         **graph_decoding.with_cancel_criterion(kwargs, cancel))
 
     @torch.no_grad()
     def warm_up(self, batch_size: int = 1, prompt: str = "Describe the given chest x-ray image in detail.",
@@ -338,7 +338,7 @@ class MiniGPT4(nn.Module):
         """
         if self.device.type != "cuda" or not self.config.use_fast_generation:
             return 0.0
-        from xraygpt.models import fast_generation
+        from xraygpt.models import graph_decoding
 
         started = time.perf_counter()
         image = torch.randn(batch_size, 3, self.config.image_size, self.config.image_size, device=self.device)
@@ -348,7 +348,7 @@ class MiniGPT4(nn.Module):
         for kw in settings:
             for name in ("stop_strings", "tokenizer"):
                 kw.pop(name, None)
-        generator = fast_generation.get_fast_generator(self.llama_model)
+        generator = graph_decoding.get_fast_generator(self.llama_model)
         if cache_len is None:  # as a request computes it, with the prompt left-padded to the prompt multiple
             multiple = generator.prompt_len_multiple
             window = int(getattr(self.llama_model.config, "max_position_embeddings", 2048))

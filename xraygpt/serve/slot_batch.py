@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from xraygpt.models import llama_decode
-from xraygpt.models.fast_generation import GraphedCall, _cache_kwarg_name, attention_spans
+from xraygpt.models.graph_decoding import GraphedCall, _cache_kwarg_name, attention_spans
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class SlotDecodeBatch:
 def slot_batch_for(model: Any, slots: int) -> Optional[SlotDecodeBatch]:
     """The slot engine for ``model``'s LLM, or None (with the reason logged) where it does not apply:
     ``model.use_fast_generation`` off, an LLM the fused step does not support (non-LLaMA, LoRA-wrapped)."""
-    from xraygpt.models.fast_generation import _is_peft, get_fast_generator
+    from xraygpt.models.graph_decoding import _is_peft, get_fast_generator
 
     llm = model.llama_model
     config = getattr(model, "config", None)

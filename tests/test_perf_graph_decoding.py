@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from xraygpt.models import fast_generation
-from xraygpt.models.fast_generation import (
+from xraygpt.models import graph_decoding
+from xraygpt.models.graph_decoding import (
     DecodeSettings,
     FastGenerator,
     choose_next_tokens,
@@ -197,7 +197,7 @@ def test_unsupported_requests_go_to_hf_generate(llama):
     embeds, mask = _prompt()
     kwargs = dict(max_new_tokens=6, num_beams=2, do_sample=False)
     expected = llama.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
-    assert torch.equal(fast_generation.generate(holder, embeds, mask, **kwargs), expected)
+    assert torch.equal(graph_decoding.generate(holder, embeds, mask, **kwargs), expected)
 
 
 @pytest.mark.gpu
