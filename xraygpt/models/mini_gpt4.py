@@ -507,7 +507,7 @@ class MiniGPT4(nn.Module):
                 dropped[drop.why] += 1
             else:
                 kept[key] = value
-        out = {k: v for k, v in kept.items() if k.startswith(("llama_proj.", "llama_model."))}
+        out = self._llm_side(kept)
         qformer_part = {k: v for k, v in kept.items() if k.startswith(("Qformer.", "ln_vision.")) or k == "query_tokens"}
         converted, qdropped = key_maps.qformer_to_ours(qformer_part)
         out.update(converted)
