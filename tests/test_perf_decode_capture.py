@@ -30,12 +30,7 @@ def _llama(device: str = "cpu", kv_heads: int = 4) -> LlamaForCausalLM:
     return model.to(device).requires_grad_(False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def _prompt(length: int, batch: int = 1, seed: int = 0, device: str = "cpu"):

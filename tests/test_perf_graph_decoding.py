@@ -29,13 +29,7 @@ def _tiny_llama(device: str = "cpu", dtype: torch.dtype = torch.float32) -> Llam
     return model.to(device=device, dtype=dtype)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    """Tiny kernels: one thread is ~10x faster than two on a busy 2-core CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 @pytest.fixture(scope="module")

@@ -151,6 +151,7 @@ class ContinuousBatcher:
         if self.batch is None:
             self.batch = DecodeBatch(self.model.llama_model)
             return
+        self.max_batch_size = min(self.max_batch_size, self.batch.slots)  # the GPU may hold fewer slots
         seconds = self.batch.warm_up()
         logger.info("decode steps ready: %d slots x %d-token window, %d rows buckets x %d attention spans, "
                     "%d CUDA graphs, %.1f s", self.batch.slots, self.batch.window, len(self.batch.buckets),
