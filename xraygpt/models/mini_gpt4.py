@@ -6,7 +6,9 @@ different prompt per sample are supported, for training and for generation.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import logging
 import random
 import time
@@ -17,7 +19,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from xraygpt.common.errors import DataError
+from xraygpt.common.errors import ConfigurationError, DataError
 from xraygpt.common.registry import registry
 from xraygpt.models import key_maps
 from xraygpt.models.caption_loss import caption_lm_loss
@@ -415,19 +417,85 @@ class MiniGPT4(nn.Module):
 
         yield from stream_until(run_in_thread(decode, streamer), self.config.end_sym)
 
+    # ------------------------------------------------ what sharding and planning need
+    # xraygpt.runners.fsdp, .memory_plan and .distributed_checkpoint reach the model's parts only through
+    # these (a model without them trains with run.strategy: ddp); the parts' names stay in this class.
+    def language_model(self) -> nn.Module:
+        """The LLM (peft-wrapped under LoRA): FSDP makes each of its decoder layers a unit, the rest the root."""
+        return self.llama_model
+
+    def frozen_image_parts(self) -> Dict[str, Union[nn.Module, nn.Parameter]]:
+        """The image side before ``llama_proj``, by attribute name: FSDP leaves its frozen weights out of the
+        shards (one copy per process) unless ``run.fsdp_shard_frozen``."""
+        return {"visual_encoder": self.visual_encoder, "ln_vision": self.ln_vision, "qformer": self.qformer,
+                "query_tokens": self.query_tokens}
+
+    def image_encoders(self) -> List[nn.Module]:
+        """The image side's large blocks, each its own FSDP unit under ``run.fsdp_shard_frozen``."""
+        return [self.visual_encoder, self.qformer]
+
+    def parameter_role(self, name: str) -> str:
+        """How a parameter is loaded, for the memory plan: ``"llm"`` (in ``model.llm_dtype``: the LLM's own
+        weights), ``"vision"`` (in ``model.vit_precision``) or ``"other"`` (fp32: ln_vision, the Q-Former, the
+        query tokens, ``llama_proj`` and LoRA adapters)."""
+        if name.startswith("llama_model.") and "lora_" not in name:
+            return "llm"
+        if name.startswith("visual_encoder."):
+            return "vision"
+        return "other"
+
+    @classmethod
+    def build_on_meta_device(cls, model_cfg: Union[Mapping[str, Any], MiniGPT4Config]) -> "MiniGPT4":
+        """The configured model with every weight on the meta device, for ``train.py --dry-run``: no weight
+        file is read (the LLM's architecture comes from its ``config.json``, the vocabulary from the tokenizer)."""
+        cfg = model_config_from(model_cfg)
+        llama_config = cfg.llama_config
+        if cfg.llama_model:
+            path = Path(cfg.llama_model) / "config.json"
+            if not path.is_file():
+                raise ConfigurationError(f"model.llama_model: {path} not found; the dry run reads the LLM's "
+                                         "architecture from it")
+            llama_config = json.loads(path.read_text(encoding="utf-8"))
+        vit_path = cfg.vit_path if cfg.vit_path and Path(cfg.vit_path).is_dir() else None  # an HF folder: its config
+        blank = dataclasses.replace(cfg, vit_path=vit_path, q_former_model=None, ckpt=None, llama_model=None,
+                                    llama_config=llama_config, tokenizer=cfg.tokenizer or cfg.llama_model,
+                                    low_resource=False)
+        with torch.device("meta"):
+            return cls(blank)
+
     # ------------------------------------------------------------ checkpoints
     def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
         return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
 
+    @staticmethod
+    def _qformer_side(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        return {k: v for k, v in state.items() if k.startswith(("qformer.", "ln_vision.")) or k == "query_tokens"}
+
+    @staticmethod
+    def _llm_side(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """``llama_proj`` and the LLM (LoRA adapters too): the same names in the original."""
+        return {k: v for k, v in state.items() if k.startswith(("llama_proj.", "llama_model."))}
+
     def to_original_names(self, state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Our parameter names -> the original MiniGPT-4 ``state_dict`` names."""
         out: Dict[str, torch.Tensor] = {}
-        qformer_part = {k: v for k, v in state.items() if k.startswith(("qformer.", "ln_vision.")) or k == "query_tokens"}
-        out.update(key_maps.ours_to_qformer(qformer_part))
+        out.update(key_maps.ours_to_qformer(self._qformer_side(state)))
         vision = key_maps.strip_prefix(state, "visual_encoder.")
         out.update(key_maps.with_prefix(self.visual_encoder.to_original(vision), "visual_encoder."))
-        out.update({k: v for k, v in state.items() if k.startswith(("llama_proj.", "llama_model."))})
+        out.update(self._llm_side(state))
         return out
+
+    @classmethod
+    def original_checkpoint_names(cls, weights: Mapping[str, torch.Tensor], source: str = "these weights"
+                                  ) -> Dict[str, torch.Tensor]:
+        """:meth:`to_original_names` without a built model (the sharded-checkpoint export): for every part but
+        the vision encoder, whose original names depend on the encoder type; its weights raise."""
+        if any(k.startswith("visual_encoder.") for k in weights):
+            raise CheckpointError(
+                f"{source} trains the vision encoder, whose original names depend on the encoder type: load "
+                f"the safetensors export into the model and call {cls.__name__}.save_checkpoint(..., original_pth=...)"
+            )
+        return {**cls._llm_side(weights), **key_maps.ours_to_qformer(cls._qformer_side(weights))}
 
     def from_original_names(self, state: Mapping[str, torch.Tensor], source: str) -> Tuple[Dict[str, torch.Tensor], Counter]:
         """Original MiniGPT-4 names -> ours, plus counts of what was dropped on purpose; unknown keys raise."""
@@ -439,7 +507,7 @@ class MiniGPT4(nn.Module):
                 dropped[drop.why] += 1
             else:
                 kept[key] = value
-        out = {k: v for k, v in kept.items() if k.startswith(("llama_proj.", "llama_model."))}
+        out = self._llm_side(kept)
         qformer_part = {k: v for k, v in kept.items() if k.startswith(("Qformer.", "ln_vision.")) or k == "query_tokens"}
         converted, qdropped = key_maps.qformer_to_ours(qformer_part)
         out.update(converted)
