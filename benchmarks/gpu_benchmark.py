@@ -410,7 +410,7 @@ def section_generation(ours, base, sizes, device, report, copy_gbps):
 
 
 def _generation_runs(ours, base, sizes, device, report, llm, n, exact, floor_ms):
-    from xraygpt.models import fast_generation
+    from xraygpt.models import graph_decoding
 
     base.language_projection.to(base.dtype)  # inference baseline: everything bf16, as a user loads it
     for batch in sizes.gen_batches:
@@ -443,7 +443,7 @@ def _generation_runs(ours, base, sizes, device, report, llm, n, exact, floor_ms)
     inputs = make_inputs(ours, sizes, 1, device, seed=1)
     prep = time_fn(lambda: ours.prepare_generation_inputs(inputs.images, inputs.prompts), device, sizes.gen_reps, 2)
     embeds, mask = ours.prepare_generation_inputs(inputs.images, inputs.prompts)
-    one = time_fn(lambda: fast_generation.fast_generate(llm, embeds, mask, max_new_tokens=1), device, sizes.gen_reps, 2)
+    one = time_fn(lambda: graph_decoding.fast_generate(llm, embeds, mask, max_new_tokens=1), device, sizes.gen_reps, 2)
     report.put("gen.b1.ours.ttft_encode_ms", prep.median_ms)
     report.put("gen.b1.ours.ttft_prefill_ms", one.median_ms)
     print(f"  TTFT split B=1: encode+embed {prep.median_ms:.1f} ms, prefill+first token {one.median_ms:.1f} ms", flush=True)
@@ -460,10 +460,10 @@ def _generation_runs(ours, base, sizes, device, report, llm, n, exact, floor_ms)
     finally:
         ours.config.use_fast_generation = True
     report.put("gen.greedy_identical_to_hf_path", agreement(fast_ids[0], slow_ids[0]))
-    eager = fast_generation.FastGenerator(llm, use_cuda_graph=False)
+    eager = graph_decoding.FastGenerator(llm, use_cuda_graph=False)
     embeds, mask = ours.prepare_generation_inputs(inputs.images, inputs.prompts)
     eager_ids = eager.generate(embeds, mask, max_new_tokens=n, min_new_tokens=n, do_sample=False)[0].cpu()
-    graph_ids = fast_generation.fast_generate(llm, embeds, mask, max_new_tokens=n, min_new_tokens=n,
+    graph_ids = graph_decoding.fast_generate(llm, embeds, mask, max_new_tokens=n, min_new_tokens=n,
                                               do_sample=False)[0].cpu()
     report.put("gen.graph_identical_to_eager_step", agreement(graph_ids, eager_ids))
 

@@ -22,6 +22,7 @@ Results: ``OUT/product_paths.json``, ``OUT/product_paths.md`` (also appended to 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -133,18 +134,18 @@ def child_chat(args) -> int:
     import torch
 
     from xraygpt import demo
-    from xraygpt.conversation.decoding_settings import GenerationSettings
-    from xraygpt.models import fast_generation
+    from xraygpt.common.decoding_settings import CHAT_DEFAULTS
+    from xraygpt.models import graph_decoding
 
     new_tokens: list[int] = []
-    original = fast_generation.FastGenerator.generate
+    original = graph_decoding.FastGenerator.generate
 
     def counting(self, *a, **k):  # benchmark-only: exact number of generated tokens per call
         out = original(self, *a, **k)
         new_tokens.append(int(out.shape[1]))
         return out
 
-    fast_generation.FastGenerator.generate = counting
+    graph_decoding.FastGenerator.generate = counting
     from xraygpt.common.cli import setup_logging
 
     setup_logging()
@@ -156,7 +157,7 @@ def child_chat(args) -> int:
     print(f"ready after {ready:.1f} s", flush=True)
     state = chat.new_state()
     chat.upload_img(str(args.image), state)
-    settings = GenerationSettings(max_new_tokens=args.turn_tokens)  # the UI's defaults (sampling, top_p 0.9)
+    settings = dataclasses.replace(CHAT_DEFAULTS, max_new_tokens=args.turn_tokens)  # the UI's defaults (sampling, top_p 0.9)
     turns = []
     for number, question in enumerate(CHAT_QUESTIONS, start=1):
         chat.ask(question, state)
@@ -173,7 +174,7 @@ def child_chat(args) -> int:
         turns.append(turn)
         print(json.dumps(turn), flush=True)
     model = chat.model
-    generator = fast_generation.get_fast_generator(model.llama_model) if cuda else None
+    generator = graph_decoding.get_fast_generator(model.llama_model) if cuda else None
     emit({"turns": turns, "runners": generator.runners_built if generator else None,
           "captures": generator.captures() if generator else None,
           "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None})
@@ -187,8 +188,8 @@ def child_chat(args) -> int:
         variants = []
     for name, compiled in variants:
         if compiled is not None:
-            fast_generation._GENERATORS.pop(model.llama_model, None)
-            fast_generation.get_fast_generator(model.llama_model, compile_layers=compiled)
+            graph_decoding._GENERATORS.pop(model.llama_model, None)
+            graph_decoding.get_fast_generator(model.llama_model, compile_layers=compiled)
         start = time.perf_counter()
         _, ids = model.generate(image, [CHAT_QUESTIONS[0]], **exact)
         first_call = time.perf_counter() - start
@@ -223,7 +224,7 @@ def child_decode(args) -> int:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from xraygpt.models.fast_generation import FastGenerator
+    from xraygpt.models.graph_decoding import FastGenerator
 
     tiny = args.device == "cpu"
     cfg = LlamaConfig(hidden_size=64 if tiny else 4096, intermediate_size=128 if tiny else 11008,
@@ -337,7 +338,7 @@ def profile_eager_step(llm, options, embeds, mask) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from xraygpt.models.fast_generation import FastGenerator
+    from xraygpt.models.graph_decoding import FastGenerator
 
     decoder = FastGenerator(llm, use_cuda_graph=False, **options)
     decoder.generate(embeds, mask, max_new_tokens=4, do_sample=False)

@@ -60,6 +60,18 @@ def _from_package(obj) -> bool:
     return str(getattr(obj, "__module__", "")).startswith("xraygpt.")
 
 
+@pytest.fixture(scope="module")
+def one_cpu_thread():
+    """Tiny kernels: one thread is ~10x faster than two on a busy 2-core CI machine, where threads fight.
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_cpu_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

@@ -233,6 +233,12 @@ def test_pretty_print_and_yaml_round_trip(layered, caplog):
     ("preprocess.vis_procesor={}", "unknown key preprocess.vis_procesor in --options — did you mean 'vis_processor'"),
     ("modle.arch=mini_gpt4", "unknown key config.modle in --options — did you mean 'model'"),
     ("run.device=tpu", "run.device 'tpu' is not a torch device"),
+    ("run.accum_grad_iters=0", "run.accum_grad_iters must be >= 1, got 0 in --options"),
+    ("generation.max_new_token=9", "unknown key generation.max_new_token in --options — did you mean 'max_new_tokens'"),
+    ("generation.num_beams=two", "bad value for generation.num_beams in --options: expected int"),
+    ("generation.top_p=1.5", "generation top_p must be in (0, 1], got 1.5"),
+    ("pretrain.step=10", "unknown key pretrain.step in --options — did you mean 'steps'"),
+    ("pretrain.warmup_fraction=1.0", "pretrain.warmup_fraction must be in [0, 1), got 1.0 in --options"),
 ])
 def test_every_section_is_checked_when_the_config_loads(option, message):
     """Typos anywhere fail in Config(), before a dataset folder or weight file is opened."""
@@ -255,3 +261,27 @@ def test_the_loaded_config_holds_typed_sections():
     assert isinstance(job.model, MiniGPT4Config) and job.model.num_query_token == 4
     assert isinstance(job.datasets["phantoms"], DatasetSection)
     assert job.datasets["phantoms"].build_info.storage == "data/phantoms"
+
+
+def test_generation_and_pretrain_sections_are_typed_with_defaults_and_flags_override_them():
+    from xraygpt.common.decoding_settings import CHAT_DEFAULTS, GenerationSettings
+    from xraygpt.common.errors import ConfigurationError
+    from xraygpt.common.schema import PretrainSection, with_flags
+
+    config = str(Path(__file__).resolve().parents[1] / "train_configs" / "phantom_tiny.yaml")
+    plain = Config({"cfg_path": config}).job
+    assert plain.generation == GenerationSettings() and not plain.generation.do_sample  # greedy unless set
+    assert CHAT_DEFAULTS.do_sample and CHAT_DEFAULTS.temperature == 1.0  # the chat samples
+    assert plain.pretrain == PretrainSection()
+    job = Config({"cfg_path": config, "options": ["generation.max_new_tokens=40", "generation.temperature=0.7",
+                                                    "pretrain.steps=12", "pretrain.lr=0.01"]}).job
+    assert job.generation == GenerationSettings(max_new_tokens=40, temperature=0.7)
+    assert job.pretrain == PretrainSection(steps=12, lr=0.01)
+    # Flags that were given win; flags left at None keep the config's value.
+    assert with_flags(job.generation, max_new_tokens=8, num_beams=None) == GenerationSettings(max_new_tokens=8,
+                                                                                             temperature=0.7)
+    assert with_flags(job.pretrain, steps=None, batch_size=3) == PretrainSection(steps=12, lr=0.01, batch_size=3)
+    with pytest.raises(ConfigurationError, match=r"pretrain.steps must be >= 1, got 0 \(from the command line\)"):
+        with_flags(job.pretrain, steps=0)
+    with pytest.raises(ConfigurationError, match="--temperature or config key generation.temperature"):
+        with_flags(job.generation, temperature=-1.0)

@@ -1,4 +1,5 @@
 """Stage 1 of the embedded default: the image path learns finding labels, and stage 2 loads it as real checkpoints."""
+import dataclasses
 import json
 
 import pytest
@@ -6,6 +7,7 @@ import torch
 
 from tests.conftest import REPO_ROOT
 
+from xraygpt.common.schema import PretrainSection
 from xraygpt.tasks import encoder_pretraining as enc
 
 CONFIG = str(REPO_ROOT / "train_configs" / "phantom_tiny.yaml")
@@ -63,7 +65,7 @@ def test_the_image_path_learns_labels_it_can_see(phantom_dir, tmp_path):
     torch.manual_seed(0)
     model = enc.build_untrained_model(cfg.model_cfg)
     before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("llama_model.")}
-    probe = enc.pretrain_image_path(model, quadrant_set(256), enc.PretrainSettings(steps=120, lr=3e-3, batch_size=32))
+    probe = enc.pretrain_image_path(model, quadrant_set(256), PretrainSection(steps=120, lr=3e-3, batch_size=32))
     held_out = quadrant_set(128)
     predicted = probe.predict(held_out.images) > 0
     truth = held_out.labels.bool()
@@ -76,11 +78,12 @@ def test_the_image_path_learns_labels_it_can_see(phantom_dir, tmp_path):
 def test_stage_one_files_are_original_formats_that_stage_two_loads(phantom_dir, tmp_path):
     from xraygpt.models.mini_gpt4 import MiniGPT4
 
-    cfg = _config(phantom_dir, tmp_path)
-    summary = enc.run_encoder_pretraining(cfg, settings=enc.PretrainSettings(steps=3, batch_size=4))
+    cfg = _config(phantom_dir, tmp_path, "pretrain.steps=3", "pretrain.batch_size=4", "run.seed=5")
+    summary = enc.run_encoder_pretraining(cfg)  # settings from the config's pretrain section
     assert set(summary["validation"]) == {"micro_f1", *enc.FINDINGS}
     written = json.loads((tmp_path / "pretrained" / "encoder_pretraining.json").read_text())
-    assert written["validation"] == summary["validation"] and written["settings"]["steps"] == 3
+    assert written["validation"] == summary["validation"]
+    assert written["settings"] == {**dataclasses.asdict(PretrainSection(steps=3, batch_size=4)), "seed": 5, "device": "cpu"}
 
     eva = torch.load(tmp_path / "pretrained" / "eva.pth", weights_only=True)
     blip2 = torch.load(tmp_path / "pretrained" / "blip2.pth", weights_only=True)["model"]

@@ -96,13 +96,27 @@ run:
 """
 
 
+def test_evaluate_decodes_with_the_generation_section_and_flags_win(registered, tmp_path):
+    config = _config(tmp_path, CONFIG + "generation:\n  max_new_tokens: 7\n  repetition_penalty: 1.3\n")
+    assert evaluate.main(["--cfg-path", config, "--out", str(tmp_path / "a"), "--java", "off", "--no-meteor"]) == 0
+    assert EchoModel.calls[0]["kwargs"] == {"max_new_tokens": 7, "num_beams": 1, "do_sample": False,
+                                            "repetition_penalty": 1.3}
+    EchoModel.calls = []
+    assert evaluate.main(["--cfg-path", config, "--out", str(tmp_path / "b"), "--java", "off", "--no-meteor",
+                          "--max-new-tokens", "5"]) == 0
+    assert EchoModel.calls[0]["kwargs"]["max_new_tokens"] == 5
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["settings"]["generation"]["max_new_tokens"] == 5
+
+
 def test_evaluate_writes_metrics_and_samples(registered, tmp_path, capsys):
     out = tmp_path / "eval_out"
     code = evaluate.main(["--cfg-path", _config(tmp_path, CONFIG), "--out", str(out), "--java", "off",
                           "--max-new-tokens", "40", "--num-beams", "2"])
     assert code == 0
     assert [c["batch"] for c in EchoModel.calls] == [2, 2, 1]
-    assert EchoModel.calls[0]["kwargs"] == {"max_new_tokens": 40, "num_beams": 2}
+    # The flags over the config's generation section (greedy; beam search brings its length penalty).
+    assert EchoModel.calls[0]["kwargs"] == {"max_new_tokens": 40, "num_beams": 2, "do_sample": False,
+                                            "repetition_penalty": 1.0, "length_penalty": 1.0}
 
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [r["image_id"] for r in rows] == [f"img{i}" for i in range(5)]

@@ -8,7 +8,7 @@ import xraygpt  # noqa: F401
 from xraygpt.common.config import Config
 from xraygpt.common.registry import registry
 from xraygpt.conversation.chat import Chat, ContextTooLongError
-from xraygpt.conversation.decoding_settings import GenerationSettings
+from xraygpt.common.decoding_settings import GenerationSettings
 from xraygpt.conversation.templates import IMAGE_PLACEHOLDER
 
 GREEDY = GenerationSettings(max_new_tokens=24, temperature=0)

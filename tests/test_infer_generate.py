@@ -64,6 +64,19 @@ def test_batched_reports_equal_one_by_one_reports(cli, image_dir, tmp_path):
     assert first["seconds"] > 0 and first["prompt"] == generate.DEFAULT_PROMPT
 
 
+def test_the_generation_section_sets_decoding_and_a_flag_overrides_it(cli, repo_root, image_dir, tmp_path):
+    cfg = str(repo_root / "eval_configs" / "seed_reference_tiny.yaml")
+    section = ["--options", "generation.max_new_tokens=3", "generation.repetition_penalty=1.2"]
+    out = tmp_path / "section.jsonl"
+    assert generate.main(["--cfg-path", cfg, "--no-progress", "--images", str(image_dir / "xray_0.png"),
+                          "--out", str(out), *section]) == 0
+    record = _records(out)[0]
+    assert record["settings"]["max_new_tokens"] == 3 and record["settings"]["repetition_penalty"] == 1.2
+    assert 1 <= record["new_tokens"] <= 3
+    assert cli("--images", image_dir / "xray_0.png", "--out", tmp_path / "flag.jsonl", *section) == 0  # --max-new-tokens 12
+    assert _records(tmp_path / "flag.jsonl")[0]["settings"]["max_new_tokens"] == 12
+
+
 def test_resume_skips_finished_images_and_repairs_a_torn_line(cli, image_dir, tmp_path):
     out = tmp_path / "reports.jsonl"
     assert cli("--images", image_dir / "xray_0.png", image_dir / "xray_1.png", "--out", out) == 0

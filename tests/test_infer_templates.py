@@ -3,7 +3,7 @@ import pytest
 
 import xraygpt  # noqa: F401  (registers the templates)
 from xraygpt.common.registry import registry
-from xraygpt.conversation.decoding_settings import GenerationSettings
+from xraygpt.common.decoding_settings import GenerationSettings
 from xraygpt.conversation.templates import IMAGE_TAG, TemplateError
 
 CHATS = [

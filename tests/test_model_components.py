@@ -110,6 +110,22 @@ def test_lora_checkpoint_needs_lora_config(repo_root, tmp_path):
         build(repo_root).load_checkpoint(tmp_path / "lora.safetensors")
 
 
+@torch.no_grad()
+def test_the_image_path_is_one_path(repo_root):
+    """encode_qformer -> llama_proj -> image slots; encode_img and encode_features are views of that path."""
+    model = build(repo_root).eval()
+    images = torch.randn(2, 3, 224, 224)
+    features = model.encode_qformer(images)
+    assert torch.equal(model.encode_features(images), features)
+    inputs_llama, atts = model.encode_img(images)
+    assert torch.equal(inputs_llama, model.llama_proj(features))
+    assert atts.tolist() == [[1] * 4] * 2
+    with pytest.raises(ValueError, match=r"image_features must be \[B, 4, 32\]"):
+        model.prepare_generation_inputs(None, ["Hi", "Hi"], image_features=features[:, :1])
+    with pytest.raises(KeyError, match="samples need 'image'"):
+        model.prepare_generation_inputs(None, ["Hi"])
+
+
 def test_generate_with_full_context_equals_template(repo_root):
     model = build(repo_root).eval()
     images = torch.randn(2, 3, 224, 224)
@@ -137,7 +153,7 @@ def test_prompt_file_is_used_when_samples_carry_no_prompt(repo_root, tmp_path):
         build(repo_root)(samples)
 
 
-def test_fast_generation_switch_routes_decoding(repo_root, monkeypatch):
+def test_graph_decoding_switch_routes_decoding(repo_root, monkeypatch):
     import types
 
     import xraygpt.models
@@ -149,7 +165,7 @@ def test_fast_generation_switch_routes_decoding(repo_root, monkeypatch):
         return torch.tensor([[286, 514, 2, 2]])  # '▁The ▁heart' then EOS padding
 
     fake = types.SimpleNamespace(generate=fake_generate)
-    monkeypatch.setattr(xraygpt.models, "fast_generation", fake, raising=False)
+    monkeypatch.setattr(xraygpt.models, "graph_decoding", fake, raising=False)
     model = build(repo_root, "model.use_fast_generation=true")
     texts, ids = model.generate(torch.randn(1, 3, 224, 224), ["Hi"], max_new_tokens=4, return_ids=True)
     assert calls and calls[0][2] == 4 and calls[0][0][:2] == calls[0][1]

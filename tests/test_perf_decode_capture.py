@@ -14,7 +14,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from xraygpt.models import llama_decode
-from xraygpt.models.fast_generation import CancelCriterion, FastGenerator, attention_spans, with_cancel_criterion
+from xraygpt.models.graph_decoding import CancelCriterion, FastGenerator, attention_spans, with_cancel_criterion
 
 HIDDEN = 64
 
@@ -30,12 +30,7 @@ def _llama(device: str = "cpu", kv_heads: int = 4) -> LlamaForCausalLM:
     return model.to(device).requires_grad_(False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def _prompt(length: int, batch: int = 1, seed: int = 0, device: str = "cpu"):

@@ -7,7 +7,7 @@ import torch
 from xraygpt.common.config import Config
 from xraygpt.conversation.loading import load_model_and_processor
 from xraygpt.datasets.image_io import load_medical_image
-from xraygpt.serve.slot_batch import SlotDecodeBatch, row_buckets, slot_batch_for
+from xraygpt.serve.slot_batch import SlotDecodeBatch, kv_bytes_per_slot, row_buckets, slot_batch_for, slots_that_fit
 
 QUESTIONS = ["Findings?", "Is there an effusion on the left side of the chest?", "Heart size?",
              "Describe the lungs, the heart, the mediastinum and the bones in detail please.", "Any opacity?"]
@@ -110,3 +110,71 @@ def test_row_buckets_and_refusals(tiny):
     embeds, mask = _inputs(model, pixels, [0, 1])
     with pytest.raises(ValueError, match="2 new rows but only 1 free slots"):
         batch.prefill(embeds, mask)
+
+
+def test_the_cache_is_sized_to_free_memory(caplog):
+    from types import SimpleNamespace
+
+    vicuna = SimpleNamespace(num_attention_heads=32, num_key_value_heads=32, hidden_size=4096)
+    per_slot = kv_bytes_per_slot(vicuna, layers=32, window=2048, element_size=2)
+    assert per_slot == 2**30  # 1 GiB per slot for Vicuna-7B in bf16
+    assert slots_that_fit(16, per_slot, free=100 * 2**30) == 16
+    caplog.set_level("WARNING")
+    assert slots_that_fit(16, per_slot, free=9 * 2**30) == 6  # a 24 GB card after the 15 GiB model
+    assert "16 slots of 1.00 GiB do not fit in 9.0 GiB" in caplog.text and "using 6" in caplog.text
+    assert slots_that_fit(4, per_slot, free=3 * 2**30) == 0
+
+
+class _ForcedTokens:
+    """A grammar that allows exactly one token per step: the given sequence, then EOS."""
+
+    def __init__(self, tokens, eos):
+        self.left, self.eos, self.accepted = list(tokens), eos, []
+
+    def mask_(self, logits):
+        allowed = self.left[0] if self.left else self.eos
+        keep = logits[allowed].clone()
+        logits.fill_(float("-inf"))
+        logits[allowed] = keep
+        return logits
+
+    def accept(self, token):
+        assert token == (self.left.pop(0) if self.left else self.eos)
+        self.accepted.append(token)
+        return not self.left
+
+
+def test_a_constrained_row_follows_its_grammar_beside_a_free_row(tiny):
+    import threading
+
+    from xraygpt.serve.batcher import ContinuousBatcher, GenerationRequest
+
+    model, pixels = tiny
+    tokenizer = model.tokenizer
+    forced = tokenizer("no pleural effusion", add_special_tokens=False).input_ids
+    grammar = _ForcedTokens(forced, tokenizer.eos_token_id)
+    done, finished = {}, threading.Event()
+
+    def collect(name):
+        def on_event(kind, data):
+            if kind in ("done", "error"):
+                done[name] = (kind, data)
+                if len(done) == 2:
+                    finished.set()
+        return on_event
+
+    prompt = "<Img><ImageHere></Img> Findings?"
+    batcher = ContinuousBatcher(model, max_batch_size=2, max_wait_ms=200).start()
+    try:
+        batcher.submit(GenerationRequest(prompt=prompt, pixels=[pixels[0]], max_new_tokens=12, grammar=grammar,
+                                         stops=("###",), on_event=collect("constrained")))
+        batcher.submit(GenerationRequest(prompt=prompt, pixels=[pixels[1]], max_new_tokens=12,
+                                         on_event=collect("free")))
+        assert finished.wait(timeout=120)
+    finally:
+        batcher.stop()
+    kind, data = done["constrained"]
+    assert kind == "done" and data["finish_reason"] == "stop"
+    assert grammar.accepted == forced + [tokenizer.eos_token_id]
+    assert data["text"] == tokenizer.decode(forced, skip_special_tokens=True).strip()
+    assert done["free"][0] == "done" and done["free"][1]["completion_tokens"] >= 1

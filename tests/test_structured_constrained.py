@@ -24,13 +24,7 @@ def _tiny(repo_root):
     return loading.load_model_and_processor(cfg, torch.device("cpu"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """A 2-layer, 64-wide model: one thread is fastest, and threads fight on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 @pytest.fixture(scope="module")

@@ -166,7 +166,7 @@ def test_feature_cache_stores_each_view_once_and_gives_the_same_loss(model, seed
 @torch.no_grad()
 def test_chat_about_a_two_view_study(model, ref):
     from xraygpt.conversation.chat import Chat
-    from xraygpt.conversation.decoding_settings import GenerationSettings
+    from xraygpt.common.decoding_settings import GenerationSettings
 
     chat = Chat(model, lambda image: image)  # the fixture's tensors are already processed
     one, two = chat.new_state(), chat.new_state()

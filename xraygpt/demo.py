@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from xraygpt.common.cli import is_loopback, run_cli, setup_logging
 from xraygpt.common.config import Config, ConfigError, add_config_arguments
-from xraygpt.conversation.decoding_settings import GenerationSettings
+from xraygpt.common.decoding_settings import CHAT_DEFAULTS, GenerationSettings
 from xraygpt.structured.table import TABLE_CSS, findings_table_html
 
 logger = logging.getLogger(__name__)
@@ -330,11 +330,11 @@ def build_demo(handlers: DemoHandlers, examples: List[str], concurrency: int, qu
                 )
                 if examples:
                     gr.Examples(examples=[[[p]] for p in examples], inputs=[upload], label="Example phantoms (synthetic)")
-                num_beams = gr.Slider(1, 5, value=1, step=1, label="Beam search (number of beams)", elem_id="num-beams")
+                num_beams = gr.Slider(1, 5, value=CHAT_DEFAULTS.num_beams, step=1, label="Beam search (number of beams)", elem_id="num-beams")
                 temperature = gr.Slider(
-                    0.0, 2.0, value=1.0, step=0.1, label="Temperature (0 = greedy)", elem_id="temperature"
+                    0.0, 2.0, value=CHAT_DEFAULTS.temperature, step=0.1, label="Temperature (0 = greedy)", elem_id="temperature"
                 )
-                max_new_tokens = gr.Slider(16, 512, value=300, step=16, label="Max new tokens", elem_id="max-new-tokens")
+                max_new_tokens = gr.Slider(16, 512, value=CHAT_DEFAULTS.max_new_tokens, step=16, label="Max new tokens", elem_id="max-new-tokens")
                 reset = gr.Button("Reset chat", elem_id="reset")
             with gr.Column(scale=2):
                 status = gr.Markdown("Upload a chest x-ray (PNG, JPEG or DICOM) to start.", elem_id="status")
@@ -378,7 +378,7 @@ def load_chat(args: argparse.Namespace) -> Any:
     model, processor = load_model_and_processor(cfg, device)
     warm_up = getattr(model, "warm_up", None)
     if warm_up is not None:
-        ui_default, greedy = GenerationSettings(), GenerationSettings(temperature=0.0)
+        ui_default, greedy = CHAT_DEFAULTS, GenerationSettings()
         warm_up(1, generation_kwargs=[ui_default.generate_kwargs(), greedy.generate_kwargs()])
     return Chat(model, processor, template=args.template)
 

@@ -22,6 +22,7 @@ the prompt is the question and the ``caption`` the reference answer. Unreadable 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import logging
 import sys
@@ -31,6 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from xraygpt.common.cli import run_cli, setup_logging
 from xraygpt.common.config import Config, ConfigError, add_config_arguments
 from xraygpt.common.device import pick_device
+from xraygpt.common.schema import with_flags
 from xraygpt.evaluation.scoring import add_learned_metrics, format_summary, score_reports
 from xraygpt.inference.records import generate_records
 
@@ -47,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="generation batch size (default: run.batch_size_eval)")
     parser.add_argument("--limit", type=int, help="score only the first N samples of each split (smoke runs)")
     parser.add_argument("--device", help="cpu or cuda[:N] (default: run.device; cuda falls back to cpu)")
-    parser.add_argument("--max-new-tokens", type=int, default=300, help="longest report to generate, in tokens")
-    parser.add_argument("--num-beams", type=int, default=1, help="beam width (1 = greedy)")
+    parser.add_argument("--max-new-tokens", type=int,
+                        help="longest report to generate, in tokens (default: generation.max_new_tokens, 300)")
+    parser.add_argument("--num-beams", type=int, help="beam width, 1 = greedy (default: generation.num_beams, 1)")
     parser.add_argument(
         "--java", choices=["auto", "require", "off"], default="auto",
         help="METEOR and the PTB tokenizer run in Java; 'auto' falls back (no METEOR) when java is missing",
@@ -85,7 +88,7 @@ def build_splits(cfg: Config, splits: Sequence[str]) -> List[tuple]:
         builder_cls = registry.get_builder_class(name)
         # Builders that take the run-wide bad-sample policy get it (a dataset's own setting still wins).
         takes_policy = "on_bad_sample" in inspect.signature(builder_cls).parameters
-        builder = builder_cls(ds_cfg, on_bad_sample=cfg.run_cfg.on_bad_sample) if takes_policy else builder_cls(ds_cfg)
+        builder = builder_cls(ds_cfg, on_bad_sample=cfg.run.on_bad_sample) if takes_policy else builder_cls(ds_cfg)
         # Every split is scored as test data: the train split too gets the eval processor (no random crops,
         # the model's image size), never the training augmentation.
         takes_stage = "eval_processors" in inspect.signature(builder.build_datasets).parameters
@@ -130,12 +133,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     cfg = Config(args)
-    run = cfg.run_cfg
-    splits = args.splits or list(run.test_splits) or ["test"]
+    run = cfg.run
+    splits = args.splits or run.test_splits or ["test"]
     batch_size = args.batch_size or run.batch_size_eval
     device = str(pick_device(args.device or run.device))
     out_dir = Path(args.out) if args.out else Path(run.output_dir) / "eval"
-    generation_kwargs = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
+    generation = with_flags(cfg.generation, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+    generation_kwargs = generation.generate_kwargs()
 
     from xraygpt.conversation.loading import build_model
 
@@ -151,7 +155,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         java=args.java, meteor=not args.no_meteor, uncertain=args.uncertain,
         bootstrap=args.bootstrap, bootstrap_seed=args.bootstrap_seed, groups=[r["image_id"] for r in records],
     )
-    add_learned_metrics(result, records, cfg.config.get("evaluation"))
+    add_learned_metrics(result, records, dataclasses.asdict(cfg.evaluation))
     result["skipped_samples"] = skipped
     if args.structured:
         from xraygpt.evaluation.structured_scores import format_structured

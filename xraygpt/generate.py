@@ -25,7 +25,8 @@ from xraygpt.common.cli import run_cli, setup_logging
 from xraygpt.common.config import Config, ConfigError, add_config_arguments
 from xraygpt.common.constants import IMAGE_SUFFIXES
 from xraygpt.common.fileio import try_lock_exclusive
-from xraygpt.conversation.decoding_settings import GenerationSettings
+from xraygpt.common.schema import with_flags
+from xraygpt.common.decoding_settings import GenerationSettings
 
 logger = logging.getLogger(__name__)
 
@@ -195,14 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=4, help="images per generate call (default 4)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda:<gpu-id> if available)")
     parser.add_argument("--gpu-id", type=int, default=None, help="CUDA device index (when --device is not given)")
-    defaults = GenerationSettings()
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="longest report, in tokens")
-    parser.add_argument("--num-beams", type=int, default=defaults.num_beams, help="beam-search width (1 = none)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy/beam search (default)")
-    parser.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus sampling mass (with --temperature > 0)")
-    parser.add_argument(
-        "--repetition-penalty", type=float, default=defaults.repetition_penalty, help="> 1 discourages repeats"
-    )
+    # Decoding: the config's generation section (greedy, 300 new tokens unless it says otherwise); a flag overrides it.
+    parser.add_argument("--max-new-tokens", type=int, help="longest report, in tokens (default: generation.max_new_tokens)")
+    parser.add_argument("--num-beams", type=int, help="beam-search width, 1 = none (default: generation.num_beams)")
+    parser.add_argument("--temperature", type=float, help="0 = greedy/beam search (default: generation.temperature, 0)")
+    parser.add_argument("--top-p", type=float, help="nucleus sampling mass with --temperature > 0 (default: generation.top_p)")
+    parser.add_argument("--repetition-penalty", type=float,
+                        help="> 1 discourages repeats (default: generation.repetition_penalty)")
     parser.add_argument(
         "--structured", nargs="?", const="extract", choices=("extract", "constrained"), default=None,
         help="also write a schema-valid structured report per image (key 'structured'): extract = read it from the "
@@ -217,10 +217,6 @@ def main(argv: List[str] | None = None) -> int:
     setup_logging()
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, temperature=args.temperature,
-        top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-    )
     if args.study_manifest:
         from xraygpt.datasets.study_manifest import read_study_manifest
 
@@ -229,12 +225,18 @@ def main(argv: List[str] | None = None) -> int:
         images = collect_images(args.images)
     out = OutputFile(args.out)
     try:
-        return _generate(args, settings, images, out)
+        return _generate(args, images, out)
     finally:
         out.close()
 
 
-def _generate(args: argparse.Namespace, settings: GenerationSettings, images: List, out: OutputFile) -> int:
+def generation_settings(cfg: Config, args: argparse.Namespace) -> GenerationSettings:
+    """The config's ``generation`` section with the decoding flags that were given put in."""
+    return with_flags(cfg.generation, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+                      temperature=args.temperature, top_p=args.top_p, repetition_penalty=args.repetition_penalty)
+
+
+def _generate(args: argparse.Namespace, images: List, out: OutputFile) -> int:
     done, known_errors = out.previous.done, out.previous.errors
     todo = [item for item in images if _item_key(item) not in done]
     logger.info("%d images: %d already in %s, %d to do", len(images), len(images) - len(todo), args.out, len(todo))
@@ -249,6 +251,7 @@ def _generate(args: argparse.Namespace, settings: GenerationSettings, images: Li
     from xraygpt.datasets.image_io import ImageLoadError, load_medical_image
 
     cfg = Config(args)
+    settings = generation_settings(cfg, args)
     device = pick_device(args.device, gpu_id=args.gpu_id)
     model, processor = load_model_and_processor(cfg, device)
     if settings.num_beams == 1 and hasattr(model, "warm_up"):  # captures now, not in the first batch

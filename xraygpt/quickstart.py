@@ -13,17 +13,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from xraygpt.common.cli import add_debug_argument, run_cli, setup_logging
 from xraygpt.common.config import ConfigError
 from xraygpt.common.errors import DataError
 from xraygpt.common.registry import registry
-from xraygpt.tasks.encoder_pretraining import PretrainSettings
 
 logger = logging.getLogger("xraygpt.quickstart")
 
@@ -52,7 +52,7 @@ def ensure_tokenizer(path: Path, annotations: Path, vocab_size: int) -> None:
     logger.info("trained a %d-piece SentencePiece tokenizer on the phantom reports: %s", vocab_size, path)
 
 
-def ensure_encoder(cfg: Any, steps: int) -> None:
+def ensure_encoder(cfg: Any, steps: Optional[int]) -> None:
     """Stage 1, when the config names encoder files that do not exist yet."""
     paths = [cfg.model.vit_path, cfg.model.q_former_model]
     if not all(paths):
@@ -61,9 +61,10 @@ def ensure_encoder(cfg: Any, steps: int) -> None:
     if all(Path(p).is_file() for p in paths):
         logger.info("pretrained tiny encoder found: %s, %s", *paths)
         return
-    from xraygpt.tasks.encoder_pretraining import run_encoder_pretraining, settings_for
+    from xraygpt.common.schema import with_flags
+    from xraygpt.tasks.encoder_pretraining import run_encoder_pretraining
 
-    run_encoder_pretraining(cfg, settings=settings_for(cfg, steps=steps))
+    run_encoder_pretraining(cfg, settings=with_flags(cfg.pretrain, steps=steps))
 
 
 def evaluate(cfg: Any, weights: Path, split: str, max_new_tokens: int, meteor: bool = True,
@@ -75,14 +76,14 @@ def evaluate(cfg: Any, weights: Path, split: str, max_new_tokens: int, meteor: b
     from xraygpt.inference.records import generate_records
     from xraygpt.evaluation import score_reports
 
-    cfg.model_cfg.ckpt = str(weights)
-    task = registry.get_task_class(cfg.run_cfg.task).setup_task(cfg)
+    cfg.model = dataclasses.replace(cfg.model, ckpt=str(weights))
+    task = registry.get_task_class(cfg.run.task).setup_task(cfg)
     datasets = task.build_datasets()
     if split not in datasets:
         raise ConfigError(f"the phantom dataset has no '{split}' split (built: {sorted(datasets)})",
                           fix="set run.test_splits to one of those")
     model = task.build_model().eval()  # encoders from stage 1's files, the rest from ``weights``
-    records, _ = generate_records(model, [("phantoms", split, datasets[split])], cfg.run_cfg.batch_size_eval,
+    records, _ = generate_records(model, [("phantoms", split, datasets[split])], cfg.run.batch_size_eval,
                                   {"max_new_tokens": max_new_tokens})
     scores = score_reports([r["prediction"] for r in records], [r["reference"] for r in records],
                            [r["question"] for r in records], meteor=meteor, bootstrap=bootstrap,
@@ -109,8 +110,8 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--phantoms", type=int, default=2000, help="images to generate when data is absent")
     parser.add_argument("--phantom-size", type=int, default=128, help="side in pixels of generated phantoms")
     parser.add_argument("--vocab-size", type=int, default=2000)
-    parser.add_argument("--encoder-steps", type=int, default=PretrainSettings.steps,
-                        help="stage-1 steps when the encoder files are absent")
+    parser.add_argument("--encoder-steps", type=int, default=None,
+                        help="stage-1 steps when the encoder files are absent (default: pretrain.steps, 1000)")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (its Java start-up takes ~30 s)")
     add_debug_argument(parser)
     args = parser.parse_args(argv)
@@ -122,24 +123,25 @@ def main(argv: List[str] | None = None) -> int:
     start = time.perf_counter()
     # The quick start owns its job folder: a rerun trains it again (run.overwrite) instead of being refused.
     cfg = Config({"cfg_path": args.cfg_path, "options": ["run.overwrite=true", *args.options]})
-    dataset_cfg = next(iter(cfg.datasets_cfg.values()))
-    data_dir = Path(dataset_cfg.build_info.storage)
-    ensure_phantoms(data_dir, args.phantoms, cfg.run_cfg.seed, args.phantom_size)
-    ensure_tokenizer(Path(cfg.model_cfg.tokenizer), data_dir / "filter_cap.json", args.vocab_size)
+    if not cfg.run.job_id:
+        raise ConfigError("the quick start reads its results from run.output_dir/run.job_id: set run.job_id")
+    data_dir = Path(next(iter(cfg.datasets.values())).build_info.storage)
+    ensure_phantoms(data_dir, args.phantoms, cfg.run.seed, args.phantom_size)
+    ensure_tokenizer(Path(cfg.model.tokenizer), data_dir / "filter_cap.json", args.vocab_size)
     prepared = time.perf_counter()
     ensure_encoder(cfg, args.encoder_steps)
     pretrained = time.perf_counter()
 
     state = run_training(cfg)
     trained = time.perf_counter()
-    job_dir = Path(cfg.run_cfg.output_dir) / str(cfg.run_cfg.job_id)
+    job_dir = Path(cfg.run.output_dir) / cfg.run.job_id
     history = state.get("history", [])
     if history:
         print("\nvalidation loss by epoch: " + ", ".join(f"{h['epoch'] + 1}: {h['loss']:.3f}" for h in history))
 
-    split = (list(cfg.run_cfg.test_splits) or ["test"])[0]
+    split = (cfg.run.test_splits or ["test"])[0]
     weights = job_dir / "model_best.safetensors"
-    result = evaluate(cfg, weights, split, cfg.run_cfg.valid_max_new_tokens, meteor=not args.no_meteor)
+    result = evaluate(cfg, weights, split, cfg.run.valid_max_new_tokens, meteor=not args.no_meteor)
     done = time.perf_counter()
     from xraygpt.evaluation import format_summary
 

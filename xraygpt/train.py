@@ -36,19 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_training(cfg: Config) -> Dict[str, Any]:
     """Build task, datasets, model and runner from ``cfg`` and train (or only validate)."""
-    run_cfg = cfg.run_cfg
-    dist_info = init_distributed(run_cfg)
+    run = cfg.run
+    dist_info = init_distributed(run)
     if not dist_info.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     else:
         cfg.pretty_print()
     try:
-        set_seed(run_cfg.seed)
-        task = registry.get_task_class(run_cfg.task).setup_task(cfg)
+        set_seed(run.seed)
+        task = registry.get_task_class(run.task).setup_task(cfg)
         datasets = task.build_datasets()
         model = task.build_model()
-        runner = registry.get_runner_class(run_cfg.runner)(cfg, task, model, datasets, dist_info=dist_info)
-        if run_cfg.evaluate:
+        runner = registry.get_runner_class(run.runner)(cfg, task, model, datasets, dist_info=dist_info)
+        if run.evaluate:
             return {"validation": runner.validate()}
         return runner.train()
     finally:
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         from xraygpt.runners.memory_plan import describe_plan
 
-        print(describe_plan(cfg.model_cfg, cfg.run_cfg, args.processes, args.gpu_memory_gib, args.seq_len))
+        print(describe_plan(cfg.model_cfg, cfg.run, args.processes, args.gpu_memory_gib, args.seq_len))
         return 0
     run_training(cfg)
     return 0

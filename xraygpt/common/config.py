@@ -6,7 +6,8 @@ Layers, later ones winning:
 3. the user's YAML (``--cfg-path``);
 4. command-line overrides (``--options key=value ...``).
 
-The ``run`` section is validated against :class:`~xraygpt.common.schema.RunConfig`.
+Every section is checked when the config is loaded (``run`` against
+:class:`~xraygpt.common.schema.RunConfig`, the model and each dataset by their classes, ...).
 Relative paths inside configs are resolved against the *current working
 directory* (as in the original project, whose commands run from the repo
 root); ``${cfg_dir:}`` expands to the folder of the user YAML when a path
@@ -24,8 +25,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from xraygpt.common.cli import add_debug_argument
 from xraygpt.common.registry import did_you_mean, registry
-from xraygpt.common.schema import (SECTIONS, EvaluationSection, JobConfig, PreprocessSection, RunConfig, check_section,
-                                   reject_unknown_keys)
+from xraygpt.common.decoding_settings import GenerationSettings
+from xraygpt.common.schema import (SECTIONS, EvaluationSection, JobConfig, PreprocessSection, PretrainSection, RunConfig,
+                                   check_section, reject_unknown_keys)
 from xraygpt.common.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
@@ -75,9 +77,11 @@ def parse_options(options: Optional[Sequence[str]]) -> DictConfig:
 class Config:
     """Merged configuration of one job, every section checked when it is loaded.
 
-    Typed sections: ``run`` (:class:`RunConfig`), ``model`` (the model class's config, e.g.
-    ``MiniGPT4Config``), ``datasets`` (name -> the builder's ``DatasetSection``) and ``preprocess``.
-    ``run_cfg``, ``model_cfg`` and ``datasets_cfg`` are the same values as DictConfigs.
+    Typed sections (also together as ``job``): ``run`` (:class:`RunConfig`), ``model`` (the model class's
+    config, e.g. ``MiniGPT4Config``), ``datasets`` (name -> the builder's ``DatasetSection``), ``preprocess``,
+    ``evaluation``, ``generation`` (:class:`GenerationSettings`) and ``pretrain`` (:class:`PretrainSection`).
+    ``run_cfg``, ``model_cfg`` and ``datasets_cfg`` are the same values as DictConfigs (``config``, written
+    beside the checkpoints); code reads the typed sections.
     """
 
     def __init__(self, args: argparse.Namespace | Dict[str, Any]):
@@ -154,22 +158,26 @@ class Config:
         self.model = None
         if "arch" in model:
             check = getattr(registry.get_model_class(model.arch), "check_config", None)
-            self.model = check(model, source=lambda key: self._source_of("model", key)) if check else None
+            self.model = check(model, source=lambda key: self._source_of("model", key)) if check else model
         self.datasets = {}
         for name, section in (merged.get("datasets") or {}).items():
             check = getattr(registry.get_builder_class(name), "check_config", None)
             where = f"datasets.{name}"
             self.datasets[name] = check(section, source=lambda key, where=where: self._source_of(where, key)) if check else section
-        preprocess = check_section(PreprocessSection, merged.get("preprocess"), "preprocess",
-                                   source=lambda key: self._source_of("preprocess", key), error=ConfigError)
+        preprocess = self._checked(PreprocessSection, merged, "preprocess")
         for where, processors in [("preprocess", preprocess)] + [(f"datasets.{n}", d) for n, d in self.datasets.items()]:
             for kind in ("vis_processor", "text_processor"):
                 for stage, spec in (getattr(processors, kind, None) or {}).items():
                     if spec and spec.get("name"):
                         registry.get_processor_class(spec["name"])  # unknown name: did-you-mean
         self.preprocess = preprocess
-        self.evaluation = check_section(EvaluationSection, merged.get("evaluation"), "evaluation",
-                                        source=lambda key: self._source_of("evaluation", key), error=ConfigError)
+        self.evaluation = self._checked(EvaluationSection, merged, "evaluation")
+        self.generation = self._checked(GenerationSettings, merged, "generation")
+        self.pretrain = self._checked(PretrainSection, merged, "pretrain")
+
+    def _checked(self, schema: type, merged: DictConfig, section: str) -> Any:
+        return check_section(schema, merged.get(section), section, source=lambda key: self._source_of(section, key),
+                             error=ConfigError)
 
     def _source_of(self, section: str, key: str = "") -> str:
         """The last layer (file or ``--options``) that sets ``section.key`` (a dotted path), for messages."""
@@ -182,7 +190,8 @@ class Config:
     # -------------------------------------------------------------- accessors
     @property
     def job(self) -> JobConfig:
-        return JobConfig(run=self.run, model=self.model, datasets=self.datasets, preprocess=self.preprocess)
+        return JobConfig(run=self.run, model=self.model, datasets=self.datasets, preprocess=self.preprocess,
+                         evaluation=self.evaluation, generation=self.generation, pretrain=self.pretrain)
 
     @property
     def run_cfg(self) -> DictConfig:

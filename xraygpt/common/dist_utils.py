@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from xraygpt.common.device import pick_device
+from xraygpt.common.schema import RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +40,16 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def init_distributed(run_cfg: Any) -> DistInfo:
+def init_distributed(run: RunConfig) -> DistInfo:
     """Join the process group when torchrun started us and ``run.distributed`` allows it."""
-    if not (launched_by_torchrun() and run_cfg.distributed):
-        return DistInfo(device=pick_device(run_cfg.device))
+    if not (launched_by_torchrun() and run.distributed):
+        return DistInfo(device=pick_device(run.device))
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = pick_device(run_cfg.device, local_rank=local_rank)
+    device = pick_device(run.device, local_rank=local_rank)
     if world_size > 1 and not dist.is_initialized():
         backend = process_group_backend(device)
-        dist.init_process_group(backend=backend, init_method=run_cfg.dist_url, rank=rank, world_size=world_size,
+        dist.init_process_group(backend=backend, init_method=run.dist_url, rank=rank, world_size=world_size,
                                 device_id=device if device.type == "cuda" else None)
         logger.info("process group: backend %s, rank %d of %d, device %s", backend, rank, world_size, device)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)

@@ -15,6 +15,7 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from xraygpt.common.registry import registry
+from xraygpt.common.schema import RunConfig
 
 
 def _warmup(step: int, warmup_steps: int, warmup_lr: float, init_lr: float) -> float:
@@ -60,14 +61,14 @@ class LinearWarmupCosineLR(_StepwiseSchedule):
         return self.min_lr + (self.init_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     @classmethod
-    def from_run_config(cls, optimizer: torch.optim.Optimizer, run_cfg: Any, iters_per_epoch: int):
+    def from_run_config(cls, optimizer: torch.optim.Optimizer, run: RunConfig, iters_per_epoch: int):
         return cls(
             optimizer,
-            total_steps=run_cfg.max_epoch * iters_per_epoch,
-            init_lr=run_cfg.init_lr,
-            min_lr=run_cfg.min_lr,
-            warmup_lr=run_cfg.warmup_lr,
-            warmup_steps=run_cfg.warmup_steps,
+            total_steps=run.max_epoch * iters_per_epoch,
+            init_lr=run.init_lr,
+            min_lr=run.min_lr,
+            warmup_lr=run.warmup_lr,
+            warmup_steps=run.warmup_steps,
         )
 
 
@@ -99,17 +100,17 @@ class LinearWarmupStepLR(_StepwiseSchedule):
         return max(self.min_lr, self.init_lr * self.decay_rate**epoch)
 
     @classmethod
-    def from_run_config(cls, optimizer: torch.optim.Optimizer, run_cfg: Any, iters_per_epoch: int):
-        if run_cfg.lr_decay_rate is None:
+    def from_run_config(cls, optimizer: torch.optim.Optimizer, run: RunConfig, iters_per_epoch: int):
+        if run.lr_decay_rate is None:
             raise ValueError("run.lr_sched linear_warmup_step_lr needs run.lr_decay_rate (e.g. 0.9)")
         return cls(
             optimizer,
             iters_per_epoch=iters_per_epoch,
-            init_lr=run_cfg.init_lr,
-            min_lr=run_cfg.min_lr,
-            decay_rate=run_cfg.lr_decay_rate,
-            warmup_lr=run_cfg.warmup_lr,
-            warmup_steps=run_cfg.warmup_steps,
+            init_lr=run.init_lr,
+            min_lr=run.min_lr,
+            decay_rate=run.lr_decay_rate,
+            warmup_lr=run.warmup_lr,
+            warmup_steps=run.warmup_steps,
         )
 
 
@@ -139,16 +140,16 @@ def param_groups(named_params: Iterable[tuple[str, torch.nn.Parameter]], weight_
     return groups
 
 
-def build_optimizer(model: torch.nn.Module, run_cfg: Any, fused: bool | None = None) -> torch.optim.AdamW:
+def build_optimizer(model: torch.nn.Module, run: RunConfig, fused: bool | None = None) -> torch.optim.AdamW:
     """AdamW over the trainable parameters (betas as the original: 0.9, 0.999).
 
     ``fused``: one CUDA kernel per step and no full-size temporaries (the default foreach path allocates
     copies of the moments, which a fully trained 7B LLM cannot afford on one GPU).
     """
-    groups = param_groups(model.named_parameters(), run_cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=run_cfg.init_lr, betas=(0.9, 0.999), fused=fused)
+    groups = param_groups(model.named_parameters(), run.weight_decay)
+    return torch.optim.AdamW(groups, lr=run.init_lr, betas=(0.9, 0.999), fused=fused)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, run_cfg: Any, iters_per_epoch: int) -> LRScheduler:
-    scheduler_cls = registry.get_lr_scheduler_class(run_cfg.lr_sched)
-    return scheduler_cls.from_run_config(optimizer, run_cfg, iters_per_epoch)
+def build_scheduler(optimizer: torch.optim.Optimizer, run: RunConfig, iters_per_epoch: int) -> LRScheduler:
+    scheduler_cls = registry.get_lr_scheduler_class(run.lr_sched)
+    return scheduler_cls.from_run_config(optimizer, run, iters_per_epoch)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from xraygpt.common.decoding_settings import GenerationSettings
 from xraygpt.common.errors import ConfigurationError
 from xraygpt.common.registry import did_you_mean
 
@@ -60,6 +61,20 @@ def check_section(schema: Type[T], cfg: Mapping[str, Any] | DictConfig | None, w
         raise error(f"{exc}{_origin(source, '')}") from None
 
 
+def with_flags(section: T, **flags: Any) -> T:
+    """``section`` with every command-line value that was given (not ``None``) put in, checked again.
+
+    Flags override the config: ``with_flags(cfg.generation, max_new_tokens=args.max_new_tokens)``.
+    """
+    given = {name: value for name, value in flags.items() if value is not None}
+    try:
+        return dataclasses.replace(section, **given)
+    except ConfigurationError:
+        raise
+    except ValueError as exc:
+        raise ConfigurationError(f"{exc} (from the command line)") from None
+
+
 @dataclass
 class PreprocessSection:
     """Processors the model defaults name for inference (``demo``, ``generate``) when datasets name none."""
@@ -79,7 +94,34 @@ class EvaluationSection:
     """RadGraph model file, for RadGraph F1 (needs ``RadEval`` or ``radgraph`` installed)."""
 
 
-SECTIONS = ("run", "model", "datasets", "preprocess", "evaluation")
+@dataclass
+class PretrainSection:
+    """Stage 1 of the embedded default (``xraygpt.tasks.encoder_pretraining``): ViT + Q-Former trained on
+    the phantoms' finding labels.  Its seed and device are ``run.seed`` and ``run.device``."""
+
+    # 1000 x 32 images at 2e-3 (or 1500 x 32 at 3e-3) learned the pneumothorax label for some seeds only
+    steps: int = 1000
+    """Optimizer steps (``--steps`` overrides)."""
+    lr: float = 3e-3
+    """Peak learning rate of the one-cycle schedule (``--lr`` overrides)."""
+    batch_size: int = 64
+    """Images per step (``--batch-size`` overrides)."""
+    warmup_fraction: float = 0.05
+    """Share of the steps spent warming up."""
+    weight_decay: float = 0.01
+    positive_weight_power: float = 0.5
+    """Each finding's positives weigh (negatives/positives) ** power in the loss: 0 = plain BCE, 1 = balanced.
+    Without it the rare findings (pneumothorax 12 %, lesion 15 %) often stay at "absent" for the whole run."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"pretrain.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"pretrain.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+
+
+SECTIONS = ("run", "model", "datasets", "preprocess", "evaluation", "generation", "pretrain")
 """The top-level sections of a job config."""
 
 
@@ -89,10 +131,15 @@ class JobConfig:
 
     run: "RunConfig"
     model: Any
-    """The model class's typed config (``MiniGPT4Config``), ``None`` without ``model.arch``."""
+    """The model class's typed config (``MiniGPT4Config``; the section as given when the class has no
+    ``check_config``), ``None`` without ``model.arch``."""
     datasets: Dict[str, Any]
     """Dataset name -> its builder's ``DatasetSection``."""
     preprocess: PreprocessSection
+    evaluation: EvaluationSection
+    generation: GenerationSettings
+    """How ``generate`` and ``evaluate`` decode (greedy, 300 new tokens unless set); their flags override it."""
+    pretrain: PretrainSection
 
 
 @dataclass
@@ -193,6 +240,8 @@ class RunConfig:
         for key, (value, allowed) in checks.items():
             if value not in allowed and value != MISSING:
                 raise ValueError(f"run.{key} must be one of {allowed}, got {value!r}")
+        if self.accum_grad_iters < 1:
+            raise ValueError(f"run.accum_grad_iters must be >= 1, got {self.accum_grad_iters}")
         import torch
 
         try:

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from xraygpt.common.registry import registry
-from xraygpt.conversation.decoding_settings import GenerationSettings
+from xraygpt.common.decoding_settings import CHAT_DEFAULTS, GenerationSettings
 from xraygpt.conversation.templates import IMAGE_TAG, Conversation, ConversationTemplate
 from xraygpt.common.errors import DataError
 
@@ -100,14 +100,14 @@ class Chat:
         self.template.check_message(text)
         self._add_user_text(state, text)
 
-    def answer(self, state: ChatState, settings: GenerationSettings = GenerationSettings()) -> str:
+    def answer(self, state: ChatState, settings: GenerationSettings = CHAT_DEFAULTS) -> str:
         """Generate the assistant's reply to the last question and record it."""
         reply = ""
         for reply in self.stream_answer(state, settings):
             pass
         return reply
 
-    def stream_answer(self, state: ChatState, settings: GenerationSettings = GenerationSettings()) -> Iterator[str]:
+    def stream_answer(self, state: ChatState, settings: GenerationSettings = CHAT_DEFAULTS) -> Iterator[str]:
         """Yield the reply so far as it grows, cut at the template's stop string.
 
         Beam search cannot stream, so with ``num_beams > 1`` the reply comes in

@@ -85,7 +85,7 @@ def blip2_config(model: Any, image_token_id: int):
         vision_config=model.visual_encoder.vit.config.to_dict(),
         qformer_config=model.qformer.config.to_dict(),
         text_config=text.to_dict(),
-        num_query_tokens=int(model.config.num_query_token),
+        num_query_tokens=model.config.num_query_token,
         image_token_index=int(image_token_id),
     )
     config.text_config.pad_token_id = model.tokenizer.pad_token_id
@@ -160,7 +160,7 @@ def export_hf_blip2(model: Any, out: Path, *, image_mean, image_std, lora: str =
     partial.mkdir(parents=True)
     try:
         llm_state = _language_model_state(model, lora, partial)
-        tokenizer = _tokenizer_and_processor(model, int(model.config.image_size), image_mean, image_std, partial)
+        tokenizer = _tokenizer_and_processor(model, model.config.image_size, image_mean, image_std, partial)
         config = blip2_config(model, tokenizer.image_token_id)
         state = {k: v for k, v in model.state_dict().items() if not k.startswith("llama_model.")}
         state.update({f"llama_model.{k}": v for k, v in llm_state.items()})

@@ -6,6 +6,9 @@ different prompt per sample are supported, for training and for generation.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 import logging
 import random
 import time
@@ -16,7 +19,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from xraygpt.common.errors import DataError
+from xraygpt.common.errors import ConfigurationError, DataError
 from xraygpt.common.registry import registry
 from xraygpt.models import key_maps
 from xraygpt.models.caption_loss import caption_lm_loss
@@ -26,8 +29,9 @@ from xraygpt.models.checkpoint_io import (
     read_state_dict,
     save_original_pth,
     save_safetensors,
+    skipped_init,
 )
-from xraygpt.models.fast_generation import GraphedCall
+from xraygpt.models.graph_decoding import GraphedCall
 from xraygpt.models.answer_text import clean_answer, run_in_thread, stream_until, strip_leading_special, trim_generated
 from xraygpt.models.llm import apply_lora, load_language_model, load_tokenizer, resolve_dtype
 from xraygpt.common.schema import Source
@@ -73,7 +77,8 @@ class MiniGPT4(nn.Module):
         )
         self.visual_encoder.to(resolve_dtype(cfg.vit_precision))
         self.ln_vision = FP32LayerNorm(self.visual_encoder.num_features, eps=1e-5)
-        self.qformer = build_qformer(cfg.qformer_config, self.visual_encoder.num_features)
+        with skipped_init(bool(cfg.q_former_model)):  # load_blip2 checks that it sets every Q-Former weight
+            self.qformer = build_qformer(cfg.qformer_config, self.visual_encoder.num_features)
         self.query_tokens = init_query_tokens(cfg.num_query_token, self.qformer)
         if cfg.q_former_model:
             self.load_blip2(cfg.q_former_model)
@@ -93,7 +98,7 @@ class MiniGPT4(nn.Module):
 
         self._llm_compiled = False
         frozen_encoders = cfg.freeze_vit and cfg.freeze_qformer
-        self._encoder_graph = GraphedCall(self._encode_qformer) if frozen_encoders else None
+        self._encoder_graph = GraphedCall(functools.partial(self.encode_qformer, graphed=False)) if frozen_encoders else None
         self.prompt_list: List[str] = read_prompt_file(cfg.prompt_path, cfg.prompt_template) if cfg.prompt_path else []
         if cfg.ckpt:
             self.load_checkpoint(cfg.ckpt)
@@ -140,33 +145,35 @@ class MiniGPT4(nn.Module):
         return self.tokenizer
 
     # ------------------------------------------------------------ image side
-    def encode_qformer(self, image: torch.Tensor) -> torch.Tensor:
+    # One path, image -> LLM input:
+    #   image [N,3,H,W] --encode_qformer--> Q-Former output [N,Q,D_qformer] (the half a feature cache stores)
+    #     --llama_proj (_image_slot_embeds)--> [N,Q,D_llm] --_fill_image_slots--> the prompt's token embeddings.
+    # encode_img is the original API over the first two steps.
+    def encode_qformer(self, image: torch.Tensor, *, graphed: bool = True) -> torch.Tensor:
         """``[B, 3, H, W]`` -> Q-Former last hidden state ``[B, num_query_token, D_qformer]``.
 
         Frozen parts run without autograd, so their activations are never kept. Frozen on CUDA, the
-        call is replayed from a CUDA graph per batch shape (fast_generation.GraphedCall): ~70 Python-driven
-        blocks cost more host time than GPU time at small batches.
+        call is replayed from a CUDA graph per batch shape (graph_decoding.GraphedCall): ~70 Python-driven
+        blocks cost more host time than GPU time at small batches. ``graphed=False`` is the eager call the
+        graph records.
         """
         image = image.to(self.device)
-        if image.is_cuda and self._encoder_graph is not None:
+        if graphed and image.is_cuda and self._encoder_graph is not None:
             return self._encoder_graph(image).clone()
-        return self._encode_qformer(image)
-
-    def _encode_qformer(self, image: torch.Tensor) -> torch.Tensor:
         grad = torch.is_grad_enabled()
         with torch.set_grad_enabled(grad and not self.config.freeze_vit):
-            image_embeds = self.ln_vision(self.visual_encoder(image.to(self.device)))
+            image_embeds = self.ln_vision(self.visual_encoder(image))
         with torch.set_grad_enabled(grad and not self.config.freeze_qformer):
             query = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
             return self.qformer(query_embeds=query, encoder_hidden_states=image_embeds).last_hidden_state
 
-    # What a frozen-feature cache needs (xraygpt.runners.feature_cache): the cacheable half of the
-    # image path, the weights it reads and the settings that shape it.
+    # What a frozen-feature cache needs (xraygpt.runners.feature_cache.FeatureSource): the cacheable half of
+    # the image path, the weights it reads and the settings that shape it.
     FEATURE_CONFIG_KEYS = ("vit_model", "vit_path", "image_size", "vit_precision", "vision_config", "q_former_model",
                            "qformer_config", "num_query_token")
 
     def encode_features(self, image: torch.Tensor) -> torch.Tensor:
-        """The part of the image path a cache may store: :meth:`encode_qformer`."""
+        """The cache's name for :meth:`encode_qformer` (what it stores, and what ``image_features`` hold)."""
         return self.encode_qformer(image)
 
     def feature_tensors(self) -> List[Tuple[str, torch.Tensor]]:
@@ -179,24 +186,23 @@ class MiniGPT4(nn.Module):
         """The settings that shape the features (part of a cache's fingerprint)."""
         return {key: getattr(self.config, key) for key in self.FEATURE_CONFIG_KEYS}
 
-    def project(self, qformer_features: torch.Tensor) -> torch.Tensor:
-        return self.llama_proj(qformer_features.to(device=self.device, dtype=self.llama_proj.weight.dtype))
-
     def encode_img(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(inputs_llama [B, Q, D_llm], atts_llama [B, Q])`` as in the original."""
-        inputs_llama = self.project(self.encode_qformer(image))
+        inputs_llama = self._image_slot_embeds(image, None)
         return inputs_llama, torch.ones(inputs_llama.shape[:-1], dtype=torch.long, device=inputs_llama.device)
 
-    def _image_embeddings(self, samples: Mapping[str, Any]) -> torch.Tensor:
-        features = samples.get("image_features")
-        if features is not None:
+    def _image_slot_embeds(self, images: Optional[torch.Tensor], features: Optional[torch.Tensor]) -> torch.Tensor:
+        """``llama_proj`` of the Q-Former output ``[N, Q, D_llm]``: from cached ``features`` when given, else
+        computed from ``images``."""
+        if features is None:
+            if images is None:
+                raise KeyError("samples need 'image' [B,3,H,W] or 'image_features' [B,Q,D] (cached Q-Former outputs)")
+            features = self.encode_qformer(images)
+        else:
             expected = (self.config.num_query_token, self.qformer.config.hidden_size)
             if tuple(features.shape[1:]) != expected:
                 raise ValueError(f"image_features must be [B, {expected[0]}, {expected[1]}] (Q-Former outputs), got {list(features.shape)}")
-            return self.project(features)
-        if samples.get("image") is None:
-            raise KeyError("samples need 'image' [B,3,H,W] or 'image_features' [B,Q,D] (cached Q-Former outputs)")
-        return self.encode_img(samples["image"])[0]
+        return self.llama_proj(features.to(device=self.device, dtype=self.llama_proj.weight.dtype))
 
     def _image_counts(self, counts: Optional[Any], num_images: int, batch_size: int) -> Optional[List[int]]:
         """Images per sample (None: one each); studies above ``model.max_images`` are refused."""
@@ -221,8 +227,8 @@ class MiniGPT4(nn.Module):
             return wrap_prompt(prompt, self.config.prompt_template)
         return wrap_study_prompt(prompt, self.config.prompt_template, count, views, self.config.view_template)
 
-    def _embed(self, batch: TokenBatch, image_embeds: torch.Tensor) -> torch.Tensor:
-        """Token embeddings with the image slots replaced by ``image_embeds`` (row-major order)."""
+    def _fill_image_slots(self, batch: TokenBatch, image_embeds: torch.Tensor) -> torch.Tensor:
+        """The batch's token embeddings with its image slots replaced by ``image_embeds`` (row-major order)."""
         embed_tokens = self.llama_model.get_input_embeddings()
         embeds = embed_tokens(batch.input_ids.to(self.device))
         mask = batch.image_mask.to(self.device).unsqueeze(-1)
@@ -250,7 +256,7 @@ class MiniGPT4(nn.Module):
 
         The mean is token-weighted, i.e. ``sum_i n_i * loss_i / sum_i n_i`` over the samples.
         """
-        image_embeds = self._image_embeddings(samples)
+        image_embeds = self._image_slot_embeds(samples.get("image"), samples.get("image_features"))
         captions = samples["caption"]
         counts = self._image_counts(samples.get("image_counts"), image_embeds.shape[0], len(captions))
         batch = build_train_batch(
@@ -262,7 +268,7 @@ class MiniGPT4(nn.Module):
             self.config.max_txt_len,
             counts,
         )
-        inputs_embeds = self._embed(batch, image_embeds)
+        inputs_embeds = self._fill_image_slots(batch, image_embeds)
         if self.config.compile_llm and inputs_embeds.is_cuda and not self._llm_compiled:
             self._llm_compiled = compile_decoder_layers(self.llama_model) > 0
         # Only caption positions go through the LM head (same loss as labels=, less work and memory).
@@ -289,8 +295,7 @@ class MiniGPT4(nn.Module):
         """
         if isinstance(prompts, str):
             prompts = [prompts]
-        samples = {"image": images, "image_features": image_features}
-        image_embeds = self._image_embeddings(samples)
+        image_embeds = self._image_slot_embeds(images, image_features)
         counts = self._image_counts(image_counts, image_embeds.shape[0], len(prompts))
         views = list(views) if views is not None else [None] * len(prompts)
         if apply_template:
@@ -298,7 +303,7 @@ class MiniGPT4(nn.Module):
         else:
             texts = list(prompts)
         batch = build_generation_batch(self.tokenizer, texts, self.config.num_query_token, counts)
-        return self._embed(batch, image_embeds), batch.attention_mask.to(self.device)
+        return self._fill_image_slots(batch, image_embeds), batch.attention_mask.to(self.device)
 
     def _generation_kwargs(self, overrides: Mapping[str, Any]) -> Dict[str, Any]:
         kwargs: Dict[str, Any] = {"max_new_tokens": 300, "num_beams": 1, "do_sample": False}
@@ -314,15 +319,15 @@ class MiniGPT4(nn.Module):
         """New token ids ``[B, N]`` (rows that stopped early are padded with EOS).
 
         The seam for the CUDA fast path: ``model.use_fast_generation`` routes here
-        to ``xraygpt.models.fast_generation.generate(model, inputs_embeds, attention_mask, **kwargs)``.
+        to ``xraygpt.models.graph_decoding.generate(model, inputs_embeds, attention_mask, **kwargs)``.
         """
-        from xraygpt.models import fast_generation
+        from xraygpt.models import graph_decoding
 
         cancel = kwargs.pop("cancel", None)
         if self.config.use_fast_generation:
-            return fast_generation.generate(self, inputs_embeds, attention_mask, cancel=cancel, **kwargs)
+            return graph_decoding.generate(self, inputs_embeds, attention_mask, cancel=cancel, **kwargs)
         return self.llama_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                         **fast_generation.with_cancel_criterion(kwargs, cancel))
+                                         **graph_decoding.with_cancel_criterion(kwargs, cancel))
 
     @torch.no_grad()
     def warm_up(self, batch_size: int = 1, prompt: str = "Describe the given chest x-ray image in detail.",
@@ -335,7 +340,7 @@ class MiniGPT4(nn.Module):
         """
         if self.device.type != "cuda" or not self.config.use_fast_generation:
             return 0.0
-        from xraygpt.models import fast_generation
+        from xraygpt.models import graph_decoding
 
         started = time.perf_counter()
         image = torch.randn(batch_size, 3, self.config.image_size, self.config.image_size, device=self.device)
@@ -345,7 +350,7 @@ class MiniGPT4(nn.Module):
         for kw in settings:
             for name in ("stop_strings", "tokenizer"):
                 kw.pop(name, None)
-        generator = fast_generation.get_fast_generator(self.llama_model)
+        generator = graph_decoding.get_fast_generator(self.llama_model)
         if cache_len is None:  # as a request computes it, with the prompt left-padded to the prompt multiple
             multiple = generator.prompt_len_multiple
             window = int(getattr(self.llama_model.config, "max_position_embeddings", 2048))
@@ -412,19 +417,85 @@ class MiniGPT4(nn.Module):
 
         yield from stream_until(run_in_thread(decode, streamer), self.config.end_sym)
 
+    # ------------------------------------------------ what sharding and planning need
+    # xraygpt.runners.fsdp, .memory_plan and .distributed_checkpoint reach the model's parts only through
+    # these (a model without them trains with run.strategy: ddp); the parts' names stay in this class.
+    def language_model(self) -> nn.Module:
+        """The LLM (peft-wrapped under LoRA): FSDP makes each of its decoder layers a unit, the rest the root."""
+        return self.llama_model
+
+    def frozen_image_parts(self) -> Dict[str, Union[nn.Module, nn.Parameter]]:
+        """The image side before ``llama_proj``, by attribute name: FSDP leaves its frozen weights out of the
+        shards (one copy per process) unless ``run.fsdp_shard_frozen``."""
+        return {"visual_encoder": self.visual_encoder, "ln_vision": self.ln_vision, "qformer": self.qformer,
+                "query_tokens": self.query_tokens}
+
+    def image_encoders(self) -> List[nn.Module]:
+        """The image side's large blocks, each its own FSDP unit under ``run.fsdp_shard_frozen``."""
+        return [self.visual_encoder, self.qformer]
+
+    def parameter_role(self, name: str) -> str:
+        """How a parameter is loaded, for the memory plan: ``"llm"`` (in ``model.llm_dtype``: the LLM's own
+        weights), ``"vision"`` (in ``model.vit_precision``) or ``"other"`` (fp32: ln_vision, the Q-Former, the
+        query tokens, ``llama_proj`` and LoRA adapters)."""
+        if name.startswith("llama_model.") and "lora_" not in name:
+            return "llm"
+        if name.startswith("visual_encoder."):
+            return "vision"
+        return "other"
+
+    @classmethod
+    def build_on_meta_device(cls, model_cfg: Union[Mapping[str, Any], MiniGPT4Config]) -> "MiniGPT4":
+        """The configured model with every weight on the meta device, for ``train.py --dry-run``: no weight
+        file is read (the LLM's architecture comes from its ``config.json``, the vocabulary from the tokenizer)."""
+        cfg = model_config_from(model_cfg)
+        llama_config = cfg.llama_config
+        if cfg.llama_model:
+            path = Path(cfg.llama_model) / "config.json"
+            if not path.is_file():
+                raise ConfigurationError(f"model.llama_model: {path} not found; the dry run reads the LLM's "
+                                         "architecture from it")
+            llama_config = json.loads(path.read_text(encoding="utf-8"))
+        vit_path = cfg.vit_path if cfg.vit_path and Path(cfg.vit_path).is_dir() else None  # an HF folder: its config
+        blank = dataclasses.replace(cfg, vit_path=vit_path, q_former_model=None, ckpt=None, llama_model=None,
+                                    llama_config=llama_config, tokenizer=cfg.tokenizer or cfg.llama_model,
+                                    low_resource=False)
+        with torch.device("meta"):
+            return cls(blank)
+
     # ------------------------------------------------------------ checkpoints
     def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
         return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
 
+    @staticmethod
+    def _qformer_side(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        return {k: v for k, v in state.items() if k.startswith(("qformer.", "ln_vision.")) or k == "query_tokens"}
+
+    @staticmethod
+    def _llm_side(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """``llama_proj`` and the LLM (LoRA adapters too): the same names in the original."""
+        return {k: v for k, v in state.items() if k.startswith(("llama_proj.", "llama_model."))}
+
     def to_original_names(self, state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Our parameter names -> the original MiniGPT-4 ``state_dict`` names."""
         out: Dict[str, torch.Tensor] = {}
-        qformer_part = {k: v for k, v in state.items() if k.startswith(("qformer.", "ln_vision.")) or k == "query_tokens"}
-        out.update(key_maps.ours_to_qformer(qformer_part))
+        out.update(key_maps.ours_to_qformer(self._qformer_side(state)))
         vision = key_maps.strip_prefix(state, "visual_encoder.")
         out.update(key_maps.with_prefix(self.visual_encoder.to_original(vision), "visual_encoder."))
-        out.update({k: v for k, v in state.items() if k.startswith(("llama_proj.", "llama_model."))})
+        out.update(self._llm_side(state))
         return out
+
+    @classmethod
+    def original_checkpoint_names(cls, weights: Mapping[str, torch.Tensor], source: str = "these weights"
+                                  ) -> Dict[str, torch.Tensor]:
+        """:meth:`to_original_names` without a built model (the sharded-checkpoint export): for every part but
+        the vision encoder, whose original names depend on the encoder type; its weights raise."""
+        if any(k.startswith("visual_encoder.") for k in weights):
+            raise CheckpointError(
+                f"{source} trains the vision encoder, whose original names depend on the encoder type: load "
+                f"the safetensors export into the model and call {cls.__name__}.save_checkpoint(..., original_pth=...)"
+            )
+        return {**cls._llm_side(weights), **key_maps.ours_to_qformer(cls._qformer_side(weights))}
 
     def from_original_names(self, state: Mapping[str, torch.Tensor], source: str) -> Tuple[Dict[str, torch.Tensor], Counter]:
         """Original MiniGPT-4 names -> ours, plus counts of what was dropped on purpose; unknown keys raise."""
@@ -436,7 +507,7 @@ class MiniGPT4(nn.Module):
                 dropped[drop.why] += 1
             else:
                 kept[key] = value
-        out = {k: v for k, v in kept.items() if k.startswith(("llama_proj.", "llama_model."))}
+        out = self._llm_side(kept)
         qformer_part = {k: v for k, v in kept.items() if k.startswith(("Qformer.", "ln_vision.")) or k == "query_tokens"}
         converted, qdropped = key_maps.qformer_to_ours(qformer_part)
         out.update(converted)

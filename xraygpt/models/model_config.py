@@ -88,7 +88,7 @@ class MiniGPT4Config:
     ckpt: Optional[str] = None
     use_fast_generation: bool = True
     """On CUDA, decode greedy/sampling requests with a static KV cache and a CUDA-graph step
-    (xraygpt.models.fast_generation); beams and CPU use transformers generate. false = always transformers."""
+    (xraygpt.models.graph_decoding); beams and CPU use transformers generate. false = always transformers."""
     compile_llm: bool = True
     """On CUDA, torch.compile the LLM's transformer blocks at the first training/eval forward
     (xraygpt.models.regional_compile; one ~10 s compile, ~1.3x faster steps, less activation memory)."""

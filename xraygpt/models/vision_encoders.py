@@ -25,7 +25,7 @@ from torch import nn
 from xraygpt.common.config import ConfigError
 from xraygpt.common.registry import registry
 from xraygpt.models import key_maps
-from xraygpt.models.checkpoint_io import CheckpointError, load_exact, read_state_dict
+from xraygpt.models.checkpoint_io import CheckpointError, load_exact, read_state_dict, skipped_init
 from xraygpt.models.model_config import validate_section
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,9 @@ class EvaViTG(nn.Module):
     def build(cls, image_size: int, vision_config: Mapping[str, Any], weights: Optional[str], use_grad_checkpoint: bool, drop_path_rate: float) -> "EvaViTG":
         if drop_path_rate:
             raise ConfigError("model.drop_path_rate > 0 is not supported for eva_clip_g (Blip2VisionModel has no stochastic depth); use 0 as the original configs do")
-        encoder = cls(validate_section(EvaViTSettings, vision_config, "model.vision_config"), image_size)
+        settings = validate_section(EvaViTSettings, vision_config, "model.vision_config")
+        with skipped_init(bool(weights)):  # load_exact below overwrites every parameter
+            encoder = cls(settings, image_size)
         if use_grad_checkpoint:
             encoder.vit.gradient_checkpointing_enable()
         if weights:

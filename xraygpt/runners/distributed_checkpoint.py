@@ -177,18 +177,23 @@ def export_weights(folder: Path, out: Path, original_pth: Optional[Path] = None)
 
 
 def original_names(weights: Dict[str, torch.Tensor], source: Path) -> Dict[str, torch.Tensor]:
-    """Our names -> MiniGPT-4's for what FSDP trains (LLM, LoRA, llama_proj, Q-Former)."""
-    from xraygpt.models import key_maps
+    """Our names -> the original checkpoint's, by the ``original_checkpoint_names`` of the model class that
+    ``source``'s config.yaml names (``model.arch``)."""
+    from omegaconf import OmegaConf
 
-    if any(k.startswith("visual_encoder.") for k in weights):
-        raise ckpt.CheckpointError(
-            f"{source} trains the vision encoder, whose original names depend on the encoder type: load "
-            "the safetensors export into the model and call MiniGPT4.save_checkpoint(..., original_pth=...)"
-        )
-    qformer_part = {k: v for k, v in weights.items() if k.startswith(("qformer.", "ln_vision.")) or k == "query_tokens"}
-    out = {k: v for k, v in weights.items() if k not in qformer_part}
-    out.update(key_maps.ours_to_qformer(qformer_part))
-    return out
+    from xraygpt.common.registry import registry
+
+    config = Path(source) / ckpt.CONFIG_FILE
+    arch = OmegaConf.select(OmegaConf.create(config.read_text(encoding="utf-8") or "{}"), "model.arch")
+    if not arch:
+        raise ckpt.CheckpointError(f"{config} names no model.arch, so the original names are unknown; "
+                                   "export without --original-pth")
+    model_cls = registry.get_model_class(arch)
+    rename = getattr(model_cls, "original_checkpoint_names", None)
+    if rename is None:
+        raise ckpt.CheckpointError(f"{model_cls.__name__} ({arch}) has no original checkpoint format "
+                                   "(original_checkpoint_names); export without --original-pth")
+    return rename(weights, source=str(source))
 
 
 def main(argv: Optional[list] = None) -> int:

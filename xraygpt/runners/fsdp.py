@@ -2,12 +2,16 @@
 
 Layout (the usual one for decoder LLMs): every LLM decoder layer is its own
 ``fully_shard`` unit, gathered just before it runs and freed after, and the
-root unit (the MiniGPT-4 module) holds what is left: embeddings, final norm,
-LM head and ``llama_proj``.  The frozen vision encoder and Q-Former have no
-gradients to reduce, so by default they stay out of FSDP (``ignored_params``:
+root unit (the whole model) holds what is left: embeddings, final norm, LM
+head and the image-to-LLM projection.  The frozen image side has no
+gradients to reduce, so by default it stays out of FSDP (``ignored_params``:
 a full copy on every process, no communication); ``run.fsdp_shard_frozen``
-makes each of them a unit too, which saves their memory at the price of an
-all-gather per step.
+makes each of its encoders a unit too, which saves their memory at the price
+of an all-gather per step.
+
+The model says which parts are which (``language_model()``,
+``frozen_image_parts()``, ``image_encoders()``, see ``MiniGPT4``); a model
+without ``language_model()`` trains with ``run.strategy: ddp``.
 
 Activation checkpointing uses the LLM's own ``gradient_checkpointing_enable``
 (torch.utils.checkpoint, non-reentrant) rather than wrapping layers in
@@ -22,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from typing import Any, Iterator, List, Optional, Set
+from typing import Iterator, List, Optional, Set
 
 import torch
 import torch.distributed as dist
@@ -30,21 +34,28 @@ from torch import nn
 
 from xraygpt.common.dist_utils import DistInfo, process_group_backend
 from xraygpt.common.errors import ConfigurationError
+from xraygpt.common.schema import RunConfig
 
 logger = logging.getLogger(__name__)
 
-FROZEN_VISUAL_PARTS = ("visual_encoder", "ln_vision", "qformer", "query_tokens")
-"""Attributes of MiniGPT-4 on the image side; their frozen parameters are replicated (or sharded on request)."""
-
 
 def language_model(model: nn.Module) -> nn.Module:
-    llm = getattr(model, "llama_model", None)
-    if llm is None:
+    """The LLM whose decoder layers FSDP shards (the model's ``language_model()``)."""
+    find = getattr(model, "language_model", None)
+    if not callable(find):
         raise ConfigurationError(
-            f"run.strategy: fsdp shards an LLM's decoder layers, but {type(model).__name__} has no llama_model; "
-            "use run.strategy: ddp for this model"
+            f"run.strategy: fsdp shards an LLM's decoder layers, but {type(model).__name__} has no "
+            "language_model(); use run.strategy: ddp for this model"
         )
-    return llm
+    return find()
+
+
+def image_side_parameters(model: nn.Module) -> List[nn.Parameter]:
+    """Every parameter of the model's ``frozen_image_parts()`` (none for a model without them)."""
+    found: List[nn.Parameter] = []
+    for part in getattr(model, "frozen_image_parts", dict)().values():
+        found += [part] if isinstance(part, nn.Parameter) else list(part.parameters())
+    return found
 
 
 def decoder_layers(model: nn.Module) -> List[nn.Module]:
@@ -56,16 +67,16 @@ def decoder_layers(model: nn.Module) -> List[nn.Module]:
     return list(layers)
 
 
-def mixed_precision(run_cfg: Any, device: torch.device):
+def mixed_precision(run: RunConfig, device: torch.device):
     """bf16 gathered weights and fp32 gradient reduction on GPUs by default; fp32 throughout on CPU."""
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
     from xraygpt.models.llm import resolve_dtype
 
-    name = str(run_cfg.fsdp_param_dtype)
+    name = run.fsdp_param_dtype
     if name == "auto":
         name = "bf16" if device.type == "cuda" else "fp32"
-    return MixedPrecisionPolicy(param_dtype=resolve_dtype(name), reduce_dtype=resolve_dtype(str(run_cfg.fsdp_reduce_dtype)))
+    return MixedPrecisionPolicy(param_dtype=resolve_dtype(name), reduce_dtype=resolve_dtype(run.fsdp_reduce_dtype))
 
 
 def ensure_process_group(dist_info: DistInfo) -> None:
@@ -77,18 +88,8 @@ def ensure_process_group(dist_info: DistInfo) -> None:
                             device_id=dist_info.device if dist_info.device.type == "cuda" else None)
 
 
-def _frozen_visual_params(model: nn.Module) -> Set[nn.Parameter]:
-    found: Set[nn.Parameter] = set()
-    for name in FROZEN_VISUAL_PARTS:
-        part = getattr(model, name, None)
-        if isinstance(part, nn.Parameter):
-            params = [part]
-        elif isinstance(part, nn.Module):
-            params = list(part.parameters())
-        else:
-            params = []
-        found.update(p for p in params if not p.requires_grad)
-    return found
+def _frozen_image_params(model: nn.Module) -> Set[nn.Parameter]:
+    return {p for p in image_side_parameters(model) if not p.requires_grad}
 
 
 def checkpoint_decoder_layers(model: nn.Module) -> int:
@@ -102,7 +103,7 @@ def checkpoint_decoder_layers(model: nn.Module) -> int:
     return len(decoder_layers(model))
 
 
-def shard_model(model: nn.Module, run_cfg: Any, dist_info: DistInfo) -> nn.Module:
+def shard_model(model: nn.Module, run: RunConfig, dist_info: DistInfo) -> nn.Module:
     """Apply FSDP2 in place (call before building the optimizer: parameters become DTensors)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -115,19 +116,17 @@ def shard_model(model: nn.Module, run_cfg: Any, dist_info: DistInfo) -> nn.Modul
         model.config = dataclasses.replace(config, compile_llm=False)
     ensure_process_group(dist_info)
     mesh = init_device_mesh(dist_info.device.type, (dist.get_world_size(),))
-    policy = mixed_precision(run_cfg, dist_info.device)
+    policy = mixed_precision(run, dist_info.device)
     layers = decoder_layers(model)
     for layer in layers:
         fully_shard(layer, mesh=mesh, mp_policy=policy)
     ignored: Optional[Set[nn.Parameter]] = None
-    if run_cfg.fsdp_shard_frozen:
+    if run.fsdp_shard_frozen:
         keep_dtype = MixedPrecisionPolicy()  # frozen encoders compute in the dtype they were loaded in
-        for name in ("visual_encoder", "qformer"):
-            part = getattr(model, name, None)
-            if isinstance(part, nn.Module):
-                fully_shard(part, mesh=mesh, mp_policy=keep_dtype)
+        for encoder in getattr(model, "image_encoders", list)():
+            fully_shard(encoder, mesh=mesh, mp_policy=keep_dtype)
     else:
-        ignored = _frozen_visual_params(model) or None
+        ignored = _frozen_image_params(model) or None
     if getattr(model, "_encoder_graph", None) is not None:
         # The graphed frozen encoder would be captured while FSDP's all-gather streams are in flight (or
         # would have to capture the all-gathers themselves): sharded runs call it eagerly.
@@ -135,7 +134,7 @@ def shard_model(model: nn.Module, run_cfg: Any, dist_info: DistInfo) -> nn.Modul
     fully_shard(model, mesh=mesh, mp_policy=policy, ignored_params=ignored)
     logger.info("FSDP2: %d decoder layers + root sharded over %d process(es), params %s, reduce %s, frozen image "
                 "side %s", len(layers), dist.get_world_size(), policy.param_dtype or "as loaded", policy.reduce_dtype,
-                "sharded" if run_cfg.fsdp_shard_frozen else "replicated")
+                "sharded" if run.fsdp_shard_frozen else "replicated")
     return model
 
 

@@ -3,15 +3,18 @@
 The model is built on the meta device from its config (weight files are not
 read; the LLM's architecture comes from its ``config.json``), so parameter
 counts are exact.  Bytes then follow from the dtypes the run would use on a
-GPU and from how the strategy places each tensor:
+GPU (the model's ``parameter_role`` says which parameters load in the LLM's
+or the vision encoder's dtype) and from how the strategy places each tensor
+(the model's ``language_model()`` and ``frozen_image_parts()``):
 
 * ``ddp``: every process holds all weights, their gradients (plus DDP's
   gradient buckets, the same size again, with more than one process) and
   AdamW's two moments.
 * ``fsdp``: the sharded weights, gradients and moments are split over the
   processes; each process also holds the replicated frozen image side, the
-  root unit (embeddings, norm, LM head, ``llama_proj``) gathered for the whole
-  step and two gathered decoder layers (the running one and the prefetched one).
+  root unit (embeddings, norm, LM head, the image-to-LLM projection) gathered
+  for the whole step and two gathered decoder layers (the running one and the
+  prefetched one).
 
 Activations are an estimate for one micro-batch of ``batch_size_train`` x T
 tokens through the LLaMA blocks (SDPA attention, no T^2 term) and the LM head
@@ -24,16 +27,15 @@ plus one layer being recomputed.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
 
 from xraygpt.common.errors import ConfigurationError
+from xraygpt.common.schema import RunConfig
+from xraygpt.models.model_config import MiniGPT4Config
 
 GIB = 2**30
 PROMPT_ALLOWANCE = 24
@@ -61,57 +63,49 @@ def _gpu_dtype(name: str) -> str:
     return "bf16" if name == "auto" else name
 
 
-def meta_model(model_cfg: Any) -> nn.Module:
-    """The configured MiniGPT-4 with every weight on the meta device (no file but the tokenizer is read)."""
-    from xraygpt.models.mini_gpt4 import MiniGPT4
-    from xraygpt.models.model_config import model_config_from
+def meta_model(model_section: Any) -> nn.Module:
+    """The configured model with every weight on the meta device (its class's ``build_on_meta_device``)."""
+    from xraygpt.common.registry import registry
 
-    cfg = model_config_from(model_cfg)
-    llama_config = cfg.llama_config
-    if cfg.llama_model:
-        path = Path(cfg.llama_model) / "config.json"
-        if not path.is_file():
-            raise ConfigurationError(f"model.llama_model: {path} not found; the dry run reads the LLM's "
-                                     "architecture from it")
-        llama_config = json.loads(path.read_text(encoding="utf-8"))
-    vit_path = cfg.vit_path if cfg.vit_path and Path(cfg.vit_path).is_dir() else None  # an HF folder: its config
-    blank = dataclasses.replace(cfg, vit_path=vit_path, q_former_model=None, ckpt=None, llama_model=None,
-                                llama_config=llama_config, tokenizer=cfg.tokenizer or cfg.llama_model,
-                                low_resource=False)
-    with torch.device("meta"):
-        return MiniGPT4(blank)
+    arch = model_section.get("arch") if hasattr(model_section, "get") else getattr(model_section, "arch", None)
+    if not arch:
+        raise ConfigurationError("model.arch is not set: the dry run plans the model it names")
+    model_cls = registry.get_model_class(arch)
+    build = getattr(model_cls, "build_on_meta_device", None)
+    if build is None:
+        raise ConfigurationError(f"train.py --dry-run plans a model built on the meta device, but {model_cls.__name__} "
+                                 "has no build_on_meta_device(); run without --dry-run")
+    return build(model_section)
 
 
-def _param_bytes(name: str, param: nn.Parameter, model_cfg: Any) -> int:
-    if name.startswith("llama_model.") and "lora_" not in name:
-        dtype = _gpu_dtype(model_cfg.llm_dtype)
-    elif name.startswith("visual_encoder."):
-        dtype = _gpu_dtype(model_cfg.vit_precision)
-    else:  # Q-Former, ln_vision, query tokens, llama_proj and LoRA adapters are kept in fp32
-        dtype = "fp32"
-    return param.numel() * _BYTES[dtype]
+def _param_bytes(model: nn.Module, name: str, param: nn.Parameter, model_cfg: Any) -> int:
+    role = model.parameter_role(name)  # the LLM and the vision encoder as loaded; the rest in fp32
+    dtype = {"llm": model_cfg.llm_dtype, "vision": model_cfg.vit_precision}.get(role, "fp32")
+    return param.numel() * _BYTES[_gpu_dtype(dtype)]
 
 
-def plan_memory(model: nn.Module, model_cfg: Any, run_cfg: Any, processes: int, seq_len: Optional[int] = None
+def plan_memory(model: nn.Module, model_cfg: MiniGPT4Config, run: RunConfig, processes: int, seq_len: Optional[int] = None
                 ) -> MemoryPlan:
-    """Per-process memory of training ``model`` (a meta-device MiniGPT-4) with ``run_cfg`` on ``processes`` GPUs."""
-    from xraygpt.runners.fsdp import FROZEN_VISUAL_PARTS, decoder_layers
+    """Per-process memory of training ``model`` (from :func:`meta_model`) with ``run`` on ``processes`` GPUs."""
+    from xraygpt.runners.fsdp import decoder_layers, image_side_parameters, language_model
 
-    strategy, world = str(run_cfg.strategy), max(int(processes), 1)
+    strategy, world = run.strategy, max(processes, 1)
     sharded_strategy = strategy == "fsdp"
-    compute = 2 if sharded_strategy and str(run_cfg.fsdp_param_dtype) in ("auto", "bf16", "fp16") else None
+    compute = 2 if sharded_strategy and run.fsdp_param_dtype in ("auto", "bf16", "fp16") else None
     named = dict(model.named_parameters())
-    sizes = {n: _param_bytes(n, p, model_cfg) for n, p in named.items()}
+    sizes = {n: _param_bytes(model, n, p, model_cfg) for n, p in named.items()}
     trainable = {n for n, p in named.items() if p.requires_grad}
-    replicated = {n for n in named if n.split(".")[0] in FROZEN_VISUAL_PARTS and n not in trainable}
-    if not sharded_strategy or run_cfg.fsdp_shard_frozen:
+    image_ids = {id(p) for p in image_side_parameters(model)}
+    image_side = {n for n, p in named.items() if id(p) in image_ids}
+    replicated = image_side - trainable
+    if not sharded_strategy or run.fsdp_shard_frozen:
         replicated = set() if sharded_strategy else set(named)
     sharded = set(named) - replicated
 
     layers = decoder_layers(model)
     layer_params = [{n for n, p in named.items() if any(p is q for q in layer.parameters())} for layer in layers]
     in_layers = set().union(*layer_params)
-    root = {n for n in sharded if n not in in_layers and n.split(".")[0] not in FROZEN_VISUAL_PARTS}
+    root = {n for n in sharded if n not in in_layers and n not in image_side}
 
     def total(names) -> int:
         return sum(sizes[n] for n in names)
@@ -129,19 +123,18 @@ def plan_memory(model: nn.Module, model_cfg: Any, run_cfg: Any, processes: int, 
         grads = total(trainable) * (2 if world > 1 else 1)
         optimizer = 2 * total(trainable)
 
-    llm = model.llama_model.config
-    hidden, inter = int(llm.hidden_size), int(llm.intermediate_size)
-    vocab = int(model.llama_model.get_output_embeddings().weight.shape[0])
-    a = compute or (2 if bool(getattr(run_cfg, "amp", False)) or _gpu_dtype(model_cfg.llm_dtype) != "fp32" else 4)
-    tokens = int(run_cfg.batch_size_train) * int(seq_len or default_seq_len(model_cfg))
+    llm = language_model(model)
+    hidden, inter = int(llm.config.hidden_size), int(llm.config.intermediate_size)
+    vocab = int(llm.get_output_embeddings().weight.shape[0])
+    a = compute or (2 if run.amp or _gpu_dtype(model_cfg.llm_dtype) != "fp32" else 4)
+    tokens = run.batch_size_train * (seq_len or default_seq_len(model_cfg))
     per_layer = tokens * (8 * hidden + a * (7 * hidden + 4 * inter))
-    # A frozen LLM keeps the same tensors: the gradient still flows through it to llama_proj.
-    blocks = (len(layers) * tokens * a * hidden + per_layer) if run_cfg.activation_checkpointing \
+    # A frozen LLM keeps the same tensors: the gradient still flows through it to the image projection.
+    blocks = (len(layers) * tokens * a * hidden + per_layer) if run.activation_checkpointing \
         else len(layers) * per_layer
-    head = int(run_cfg.batch_size_train) * int(model_cfg.max_txt_len) * vocab * (a + 8)
+    head = run.batch_size_train * model_cfg.max_txt_len * vocab * (a + 8)
     activations = blocks + head
-    plan = MemoryPlan(strategy, world, int(run_cfg.batch_size_train), tokens // int(run_cfg.batch_size_train),
-                      bool(run_cfg.activation_checkpointing),
+    plan = MemoryPlan(strategy, world, run.batch_size_train, tokens // run.batch_size_train, run.activation_checkpointing,
                       params={"total": sum(p.numel() for p in named.values()),
                               "trainable": sum(named[n].numel() for n in trainable),
                               "sharded": sum(named[n].numel() for n in sharded) if sharded_strategy else 0,
@@ -151,9 +144,9 @@ def plan_memory(model: nn.Module, model_cfg: Any, run_cfg: Any, processes: int, 
     return plan
 
 
-def default_seq_len(model_cfg: Any) -> int:
+def default_seq_len(model_cfg: MiniGPT4Config) -> int:
     """Image slots + the longest caption + the prompt allowance: 32 + 160 + 24 = 216 for XrayGPT."""
-    return int(model_cfg.num_query_token) + int(model_cfg.max_txt_len) + PROMPT_ALLOWANCE
+    return model_cfg.num_query_token + model_cfg.max_txt_len + PROMPT_ALLOWANCE
 
 
 def visible_gpu_memory() -> Optional[float]:
@@ -191,7 +184,7 @@ def format_plan(plan: MemoryPlan, gpu_bytes: Optional[float], assumed: bool) -> 
     return "\n".join(lines)
 
 
-def describe_plan(model_section: Any, run_cfg: Any, processes: Optional[int] = None,
+def describe_plan(model_section: Any, run: RunConfig, processes: Optional[int] = None,
                   gpu_memory_gib: Optional[float] = None, seq_len: Optional[int] = None) -> str:
     """The ``--dry-run`` report: ``processes`` defaults to WORLD_SIZE (torchrun) or 1; a given
     ``gpu_memory_gib`` is checked instead of the visible GPU."""
@@ -199,8 +192,9 @@ def describe_plan(model_section: Any, run_cfg: Any, processes: Optional[int] = N
 
     from xraygpt.models.model_config import model_config_from
 
+    model = meta_model(model_section)
     model_cfg = model_config_from(model_section)
     world = processes or int(os.environ.get("WORLD_SIZE", 1))
-    plan = plan_memory(meta_model(model_cfg), model_cfg, run_cfg, world, seq_len)
+    plan = plan_memory(model, model_cfg, run, world, seq_len)
     assumed = gpu_memory_gib is not None
     return format_plan(plan, gpu_memory_gib * GIB if assumed else visible_gpu_memory(), assumed)

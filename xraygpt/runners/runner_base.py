@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, Dataset
 
 from xraygpt.common import checkpointing as ckpt
+from xraygpt.common.config import Config
 from xraygpt.common.dist_utils import (
     DistInfo,
     all_gather_objects,
@@ -37,6 +37,7 @@ from xraygpt.common.errors import ConfigurationError, DataError, XrayGPTError
 from xraygpt.common.fileio import atomic_write_text, atomic_write_with
 from xraygpt.common.optims import build_optimizer, build_scheduler
 from xraygpt.common.registry import registry
+from xraygpt.common.schema import RunConfig
 from xraygpt.runners import distributed_checkpoint as dcp_ckpt
 from xraygpt.runners import fsdp
 from xraygpt.runners.feature_cache import (
@@ -84,14 +85,16 @@ def trainable_state_dict(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
 class RunnerBase:
     def __init__(
         self,
-        cfg: Any,
+        cfg: Config,
         task: Any,
         model: torch.nn.Module,
         datasets: Dict[str, Dataset],
         dist_info: Optional[DistInfo] = None,
     ):
-        self.cfg, self.run_cfg, self.task = cfg, cfg.run_cfg, task
-        self.dist = dist_info or init_distributed(self.run_cfg)
+        self.cfg, self.task = cfg, task
+        self.run_config: RunConfig = cfg.run
+        """The checked ``run:`` section; every setting the loop reads comes from here."""
+        self.dist = dist_info or init_distributed(self.run_config)
         self.device = self.dist.device
         self.model = model.to(self.device)
         self.datasets = self.image_datasets = datasets
@@ -100,7 +103,7 @@ class RunnerBase:
         """Bad training samples the feature cache left out (the same count on every rank)."""
         self.job_dir = self._job_dir()
         self.ckpt_dir = self.job_dir / "checkpoints"
-        if self.run_cfg.evaluate:  # validate only: the job folder (maybe a finished run) is not written
+        if self.run_config.evaluate:  # validate only: the job folder (maybe a finished run) is not written
             self.plan, self.log = JobPlan(), MetricsLog(None, enabled=False)
         else:  # before any slow work: a job folder this run may not use is refused now, not at the first save
             self.plan = self._plan_job()
@@ -108,14 +111,14 @@ class RunnerBase:
                                   purge_step=self.plan.resumed_step + 1 if self.plan.resume_from else None)
             if self.dist.is_main:
                 atomic_write_text(self.job_dir / "config.yaml", cfg.to_yaml())
-        if self.run_cfg.cache_visual_features:
+        if self.run_config.cache_visual_features:
             self.datasets = self._cached_datasets()
 
     # ------------------------------------------------------------------ set-up
     def _amp_dtype(self) -> Optional[torch.dtype]:
-        if not self.run_cfg.amp:
+        if not self.run_config.amp:
             return None
-        if self.run_cfg.amp_dtype == "bf16":
+        if self.run_config.amp_dtype == "bf16":
             if self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
                 logger.warning("this GPU has no bf16: using fp16 autocast with a gradient scaler")
                 return torch.float16
@@ -124,9 +127,9 @@ class RunnerBase:
 
     def _cached_datasets(self) -> Dict[str, Dataset]:
         """Swap the train/valid splits for views that read cached Q-Former outputs."""
-        rc = self.run_cfg
+        rc = self.run_config
         check_frozen_visual_path(self.model)
-        train = self._split(list(rc.train_splits))
+        train = self._split(rc.train_splits)
         if train is not None and draws_differ(train, rc.seed)[0] and not rc.allow_cache_with_augmentation:
             raise FeatureCacheError(
                 "run.cache_visual_features would freeze one random augmentation per image: the training image "
@@ -149,7 +152,7 @@ class RunnerBase:
         outcome: Any = None
         if self.dist.is_main:
             try:
-                outcome = plan_job(self.job_dir, self.run_cfg.resume_ckpt_path, bool(self.run_cfg.overwrite))
+                outcome = plan_job(self.job_dir, self.run_config.resume_ckpt_path, self.run_config.overwrite)
             except XrayGPTError as exc:
                 outcome = exc
         outcome = broadcast_object(outcome)
@@ -158,9 +161,9 @@ class RunnerBase:
         return outcome
 
     def _job_dir(self) -> Path:
-        job_id = self.run_cfg.job_id or datetime.now().strftime("%Y%m%d%H%M%S")
+        job_id = self.run_config.job_id or datetime.now().strftime("%Y%m%d%H%M%S")
         job_id = broadcast_object(job_id)
-        return Path(self.run_cfg.output_dir) / str(job_id)
+        return Path(self.run_config.output_dir) / job_id
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -179,10 +182,10 @@ class RunnerBase:
         return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
     def _train_stream(self) -> BatchStream:
-        rc = self.run_cfg
-        dataset = self._split(list(rc.train_splits))
+        rc = self.run_config
+        dataset = self._split(rc.train_splits)
         if dataset is None:
-            raise DataError(f"no training data: run.train_splits {list(rc.train_splits)} built no samples "
+            raise DataError(f"no training data: run.train_splits {rc.train_splits} built no samples "
                             f"(built splits: {sorted(k for k, v in self.datasets.items() if v is not None)})")
         lengths = self.task.sample_lengths(dataset) if rc.group_by_length else None
         sampler = ResumableBatchSampler(
@@ -193,11 +196,11 @@ class RunnerBase:
 
     @property
     def _sharded(self) -> bool:
-        return self.run_cfg.strategy == "fsdp"
+        return self.run_config.strategy == "fsdp"
 
     def _prepare_parallel(self) -> None:
         """Activation checkpointing and, with ``run.strategy: fsdp``, FSDP2 (before the optimizer sees the weights)."""
-        rc = self.run_cfg
+        rc = self.run_config
         if rc.activation_checkpointing:
             logger.info("activation checkpointing: %d decoder layers", fsdp.checkpoint_decoder_layers(self.model))
         if self._sharded:
@@ -216,12 +219,10 @@ class RunnerBase:
 
     # ---------------------------------------------------------------- training
     def train(self) -> Dict[str, Any]:
-        rc = self.run_cfg
+        rc = self.run_config
         stream = self._train_stream()
         accum = rc.accum_grad_iters
-        if accum < 1:
-            raise ValueError(f"run.accum_grad_iters must be >= 1, got {accum}")
-        iters_per_epoch = int(rc.iters_per_epoch or max(stream.batches_per_epoch // accum, 1))
+        iters_per_epoch = rc.iters_per_epoch or max(stream.batches_per_epoch // accum, 1)
         self._prepare_parallel()
         fused = True if self._sharded and self.device.type == "cuda" else None
         optimizer = build_optimizer(self.model, rc, fused=fused)
@@ -309,8 +310,8 @@ class RunnerBase:
         factor = accum * self.dist.world_size / float(weighted_loss[1])
         if factor != 1.0 and params:
             torch._foreach_mul_([p.grad for p in params], factor)
-        if self.run_cfg.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, float(self.run_cfg.max_grad_norm))
+        if self.run_config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, self.run_config.max_grad_norm)
         scaler.step(optimizer)
         scaler.update()
         return mean_loss, samples
@@ -319,18 +320,18 @@ class RunnerBase:
     @torch.no_grad()
     def validate(self, splits: Optional[List[str]] = None) -> Dict[str, float]:
         """Loss over ``splits`` (default: the valid splits) plus the task's generation metrics; {} without data."""
-        names = list(self.run_cfg.valid_splits) if splits is None else list(splits)
+        names = self.run_config.valid_splits if splits is None else list(splits)
         dataset = self._split(names) if names else None
         if dataset is None:
             return {}
         model = self.model
         model.eval()
         sampler = ResumableBatchSampler(
-            len(dataset), self.run_cfg.batch_size_eval, rank=self.dist.rank, world_size=self.dist.world_size,
+            len(dataset), self.run_config.batch_size_eval, rank=self.dist.rank, world_size=self.dist.world_size,
             shuffle=False, drop_last=False,
         )
         sums = torch.zeros(2, dtype=torch.float64)
-        for batch in make_loader(dataset, sampler, self.run_cfg.num_workers, self.device.type == "cuda"):
+        for batch in make_loader(dataset, sampler, self.run_config.num_workers, self.device.type == "cuda"):
             if batch is None:  # every sample of the batch was bad and skipped
                 continue
             batch.pop(SKIPPED_KEY, None)
@@ -341,14 +342,14 @@ class RunnerBase:
             sums += torch.tensor([float(output["loss"]) * weight, weight], dtype=torch.float64)
         all_reduce_sum(sums)
         metrics = {"loss": float(sums[0] / max(float(sums[1]), 1e-12))}
-        with fsdp.gathered_root(self.model) if self.run_cfg.valid_generate else contextlib.nullcontext():
+        with fsdp.gathered_root(self.model) if self.run_config.valid_generate else contextlib.nullcontext():
             metrics.update(self.task.generation_metrics(self, self._split(names, images=True)))
         model.train()
         return metrics
 
     def _export_best_weights(self, state: TrainState) -> None:
         """``<job>/model_best.safetensors``: the best (else last) trainable weights, for ``model.ckpt``."""
-        if not self.dist.is_main or not self.run_cfg.save_checkpoints:
+        if not self.dist.is_main or not self.run_config.save_checkpoints:
             return
         name = state.best_checkpoint or self._checkpoint_path(state).name
         source = self.ckpt_dir / name / ckpt.WEIGHTS_FILE
@@ -362,11 +363,11 @@ class RunnerBase:
 
     def _test(self, state: TrainState) -> None:
         """Loss of the final weights on ``run.test_splits`` (the quick start also generates and scores them)."""
-        if not self.run_cfg.test_splits:
+        if not self.run_config.test_splits:
             return
-        metrics = self.validate(list(self.run_cfg.test_splits))
+        metrics = self.validate(self.run_config.test_splits)
         if metrics and self.dist.is_main:
-            logger.info("test splits %s after training: loss %.4f", list(self.run_cfg.test_splits), metrics["loss"])
+            logger.info("test splits %s after training: loss %.4f", self.run_config.test_splits, metrics["loss"])
             self.log.write("test", state.global_step, metrics)
 
     def _is_best(self, state: TrainState, metrics: Dict[str, float]) -> bool:
@@ -394,7 +395,7 @@ class RunnerBase:
 
     def _save(self, state: TrainState, optimizer, scheduler, scaler, stream: BatchStream) -> Path:
         path = self._checkpoint_path(state)
-        if not self.run_cfg.save_checkpoints:
+        if not self.run_config.save_checkpoints:
             return path
         training_state = self._training_state(state, optimizer, scheduler, scaler, stream)  # collective under DDP
         meta = {"global_step": state.global_step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch}
@@ -422,7 +423,7 @@ class RunnerBase:
         return path
 
     def _prune(self, state: TrainState) -> None:
-        keep = self.run_cfg.keep_last_n
+        keep = self.run_config.keep_last_n
         if keep <= 0:
             return
         existing = ckpt.list_checkpoints(self.ckpt_dir)
@@ -503,11 +504,11 @@ class RunnerBase:
     def _log_start(self, iters_per_epoch: int, total_steps: int, accum: int) -> None:
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.model.parameters())
-        global_batch = self.run_cfg.batch_size_train * accum * self.dist.world_size
+        global_batch = self.run_config.batch_size_train * accum * self.dist.world_size
         logger.info(
             "training: %d epoch(s) x %d steps, global batch %d (%d per process x %d accumulation x %d processes), "
             "%s trainable of %s parameters, precision %s, output %s",
-            self.run_cfg.max_epoch, iters_per_epoch, global_batch, self.run_cfg.batch_size_train, accum,
+            self.run_config.max_epoch, iters_per_epoch, global_batch, self.run_config.batch_size_train, accum,
             self.dist.world_size, f"{trainable:,}", f"{total:,}",
             {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + scaler"}[self.amp_dtype],
             self.job_dir,
@@ -517,7 +518,7 @@ class RunnerBase:
         if not self.dist.is_main:
             return
         logger.info("epoch %d/%d step %d/%d | loss %.4f | lr %.3e | %.1f samples/s | ETA %s", epoch + 1,
-                    self.run_cfg.max_epoch, state.step_in_epoch, iters, loss, lr,
+                    self.run_config.max_epoch, state.step_in_epoch, iters, loss, lr,
                     rate * self.dist.world_size, eta)
         record = {"epoch": epoch, "loss": loss, "lr": lr, "samples_per_s": rate * self.dist.world_size}
         if self.device.type == "cuda":  # this process's peak since the start (benchmarks/llm_finetune.py reads it)

@@ -47,6 +47,9 @@ class GenerationRequest:
     stops: Sequence[str] = ()
     ignore_eos: bool = False
     """Decode exactly ``max_new_tokens`` tokens, past EOS and stop strings (benchmarks)."""
+    grammar: Any = None
+    """Constrained decoding: an object with ``mask_(logits_row)`` (disallowed tokens to -inf, in place) and
+    ``accept(token)``, e.g. ``serve.structured.RowGrammar``; stop strings are not applied to such a row."""
     on_event: Callable[[str, Dict[str, Any]], None] = lambda kind, data: None
     """``("delta", {"text"})``, ``("done", {"text", "finish_reason", "completion_tokens", "prompt_tokens"})``
     or ``("error", {"message"})``; called from the worker thread."""
@@ -61,7 +64,7 @@ class GenerationRequest:
 class _Row:
     def __init__(self, request: GenerationRequest, tokenizer, prompt_tokens: int, device: torch.device):
         self.request = request
-        self.answer = AnswerText(tokenizer, () if request.ignore_eos else request.stops)
+        self.answer = AnswerText(tokenizer, () if request.ignore_eos or request.grammar is not None else request.stops)
         self.prompt_tokens = prompt_tokens
         self.generator: Optional[torch.Generator] = None
         if request.temperature > 0:
@@ -82,7 +85,13 @@ class _Row:
 
 
 def _choose(logits: torch.Tensor, rows: Sequence[_Row]) -> torch.Tensor:
-    """Greedy (argmax) rows at once; sampled rows one by one, each with its own seeded generator."""
+    """Greedy (argmax) rows at once; sampled rows one by one, each with its own seeded generator.
+
+    A constrained row's logits are masked by its grammar first (before temperature / top-p).
+    """
+    constrained = [i for i, row in enumerate(rows) if row.request.grammar is not None]
+    for i in constrained:
+        rows[i].request.grammar.mask_(logits[i])
     tokens = logits.argmax(dim=-1)
     for i, row in enumerate(rows):
         if row.generator is None:
@@ -151,6 +160,7 @@ class ContinuousBatcher:
         if self.batch is None:
             self.batch = DecodeBatch(self.model.llama_model)
             return
+        self.max_batch_size = min(self.max_batch_size, self.batch.slots)  # the GPU may hold fewer slots
         seconds = self.batch.warm_up()
         logger.info("decode steps ready: %d slots x %d-token window, %d rows buckets x %d attention spans, "
                     "%d CUDA graphs, %.1f s", self.batch.slots, self.batch.window, len(self.batch.buckets),
@@ -247,6 +257,14 @@ class ContinuousBatcher:
             row = self.rows[index]
             if row.request.cancelled.is_set():
                 continue
+            if row.request.grammar is not None:
+                try:
+                    row.request.grammar.accept(token)
+                except Exception:  # noqa: BLE001 - this row's grammar failed: only this row ends, with an error
+                    logger.exception("constrained decoding failed for request %s", row.request.request_id)
+                    row.request.on_event("error", {"message": "constrained decoding failed (see the server log)"})
+                    row.request.cancel()
+                    continue
             if token == eos and not row.request.ignore_eos:
                 row.answer.ids.append(token)
                 row.finish("stop")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xraygpt.models.fast_generation import _cache_kwarg_name
+from xraygpt.models.graph_decoding import _cache_kwarg_name
 
 
 def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:

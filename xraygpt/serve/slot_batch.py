@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from xraygpt.models import llama_decode
-from xraygpt.models.fast_generation import GraphedCall, _cache_kwarg_name, attention_spans
+from xraygpt.models.graph_decoding import GraphedCall, _cache_kwarg_name, attention_spans
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class SlotDecodeBatch:
 def slot_batch_for(model: Any, slots: int) -> Optional[SlotDecodeBatch]:
     """The slot engine for ``model``'s LLM, or None (with the reason logged) where it does not apply:
     ``model.use_fast_generation`` off, an LLM the fused step does not support (non-LLaMA, LoRA-wrapped)."""
-    from xraygpt.models.fast_generation import _is_peft, get_fast_generator
+    from xraygpt.models.graph_decoding import _is_peft, get_fast_generator
 
     llm = model.llama_model
     config = getattr(model, "config", None)
@@ -207,4 +207,31 @@ def slot_batch_for(model: Any, slots: int) -> Optional[SlotDecodeBatch]:
         log.info("serve: decoding with the transformers forward (%s)", reason or "decode step set to hf")
         return None
     window = int(getattr(llm.config, "max_position_embeddings", 2048))
+    weight = llm.get_input_embeddings().weight
+    if weight.device.type == "cuda":
+        per_slot = kv_bytes_per_slot(llm.config, len(llm.model.layers), window, weight.element_size())
+        slots = slots_that_fit(slots, per_slot, torch.cuda.mem_get_info(weight.device)[0])
+        if slots < 1:
+            return None
     return SlotDecodeBatch(llm, kernel, slots, window, use_graph=generator.use_cuda_graph)
+
+
+def kv_bytes_per_slot(config: Any, layers: int, window: int, element_size: int) -> int:
+    """Bytes of one full-window cache row (keys and values of every layer)."""
+    n_kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * layers * n_kv * window * head_dim * element_size
+
+
+def slots_that_fit(wanted: int, per_slot: int, free: int, headroom_bytes: int = 3 * 2**30) -> int:
+    """``wanted``, or fewer where ``free`` bytes cannot hold that many full-window cache rows.
+
+    One slot of a 7B LLaMA at 2,048 tokens is 1 GiB in bf16, so ``--max-batch-size 16`` needs 16 GiB beside
+    the model: on a 24 GB card the server would fail at start. ``headroom_bytes`` stay free for prefill
+    activations and the captured graphs. Logged when it shrinks; 0 = not even one slot (the caller falls back).
+    """
+    fit = max(0, int((free - headroom_bytes) // per_slot))
+    if fit < wanted:
+        log.warning("serve: %d slots of %.2f GiB do not fit in %.1f GiB of free GPU memory; using %d "
+                    "(lower --max-batch-size to silence this)", wanted, per_slot / 2**30, free / 2**30, fit)
+    return min(wanted, fit)

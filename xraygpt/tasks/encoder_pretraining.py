@@ -29,6 +29,7 @@ from torch import nn
 
 from xraygpt.common.config import ConfigError
 from xraygpt.common.device import pick_device
+from xraygpt.common.schema import PretrainSection, with_flags
 from xraygpt.models import key_maps
 
 logger = logging.getLogger(__name__)
@@ -41,26 +42,6 @@ FINDINGS = ("Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Lung Lesion", "
 class LabelledImages:
     images: torch.Tensor  # [N, 3, H, W], processed as the model sees them
     labels: torch.Tensor  # [N, len(FINDINGS)] in {0, 1}
-
-
-@dataclass
-class PretrainSettings:
-    # 1000 x 32 images at 2e-3 (or 1500 x 32 at 3e-3) learned the pneumothorax label for some seeds only
-    steps: int = 1000
-    lr: float = 3e-3
-    batch_size: int = 64
-    warmup_fraction: float = 0.05
-    weight_decay: float = 0.01
-    seed: int = 0
-    device: str = "cpu"
-    positive_weight_power: float = 0.5
-    """Each finding's positives weigh (negatives/positives) ** power in the loss: 0 = plain BCE, 1 = balanced.
-    Without it the rare findings (pneumothorax 12 %, lesion 15 %) often stay at "absent" for the whole run."""
-
-
-def settings_for(cfg: Any, **overrides: Any) -> PretrainSettings:
-    """Defaults with the run's seed and device (``run.device: cuda`` falls back to CPU as in training)."""
-    return PretrainSettings(**{"seed": cfg.run_cfg.seed, "device": str(pick_device(cfg.run_cfg.device)), **overrides})
 
 
 def load_labelled_split(labels_file: Path, split: str, processor: Any) -> LabelledImages:
@@ -112,10 +93,11 @@ def finding_f1(logits: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
     return {"micro_f1": micro.item(), **dict(zip(FINDINGS, per_finding.tolist()))}
 
 
-def pretrain_image_path(model: nn.Module, train: LabelledImages, settings: PretrainSettings) -> FindingProbe:
+def pretrain_image_path(model: nn.Module, train: LabelledImages, settings: PretrainSection, *, seed: int = 0,
+                        device: str = "cpu") -> FindingProbe:
     """Train ``model``'s image path in place on ``train``; returns the probe (model + head)."""
-    probe = FindingProbe(model, train.labels.shape[1]).to(settings.device)
-    images, labels = train.images.to(settings.device), train.labels.to(settings.device)
+    probe = FindingProbe(model, train.labels.shape[1]).to(device)
+    images, labels = train.images.to(device), train.labels.to(device)
     positives = labels.sum(0).clamp(min=1)
     pos_weight = ((len(labels) - positives).clamp(min=1) / positives) ** settings.positive_weight_power
     params = probe.image_path_parameters() + list(probe.head.parameters())
@@ -124,11 +106,11 @@ def pretrain_image_path(model: nn.Module, train: LabelledImages, settings: Pretr
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.lr, total_steps=settings.steps, pct_start=settings.warmup_fraction)
-    sampler = torch.Generator().manual_seed(settings.seed)
+    sampler = torch.Generator().manual_seed(seed)
     probe.train()
     started = time.perf_counter()
     for step in range(1, settings.steps + 1):
-        batch = torch.randint(0, len(labels), (settings.batch_size,), generator=sampler).to(settings.device)
+        batch = torch.randint(0, len(labels), (settings.batch_size,), generator=sampler).to(device)
         loss = nn.functional.binary_cross_entropy_with_logits(probe(images[batch]), labels[batch], pos_weight=pos_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -167,20 +149,23 @@ def build_untrained_model(model_cfg: Any) -> nn.Module:
     return MiniGPT4(config)
 
 
-def run_encoder_pretraining(cfg: Any, labels_file: Optional[Path] = None, settings: Optional[PretrainSettings] = None) -> Dict[str, Any]:
+def run_encoder_pretraining(cfg: Any, labels_file: Optional[Path] = None,
+                            settings: Optional[PretrainSection] = None) -> Dict[str, Any]:
     """Stage 1 for a loaded ``Config``: train on the ``train`` split, score ``val``, write the two files.
 
-    Targets are ``cfg.model_cfg.vit_path`` and ``cfg.model_cfg.q_former_model``; ``labels_file`` defaults to
-    ``labels.json`` in the (single) dataset's storage folder. Returns the validation scores (also written
-    as ``encoder_pretraining.json`` beside the Q-Former file).
+    ``settings`` default to the config's ``pretrain:`` section; the seed is ``run.seed`` and the device
+    ``run.device`` (``cuda`` falls back to CPU as in training). Targets are ``model.vit_path`` and
+    ``model.q_former_model``; ``labels_file`` defaults to ``labels.json`` in the (single) dataset's storage
+    folder. Returns the validation scores (also written as ``encoder_pretraining.json`` beside the Q-Former file).
     """
     from xraygpt.common.fileio import atomic_write_text
     from xraygpt.processors.base import build_processor
     from xraygpt.common.seeding import set_seed
 
-    settings = settings or settings_for(cfg)
-    model_cfg = cfg.model_cfg
-    if not cfg.model.vit_path or not cfg.model.q_former_model:
+    settings = settings or cfg.pretrain
+    seed, device = cfg.run.seed, str(pick_device(cfg.run.device))
+    model_cfg = cfg.model
+    if not model_cfg.vit_path or not model_cfg.q_former_model:
         raise ConfigError("encoder pretraining writes model.vit_path and model.q_former_model: set both in the config")
     dataset_cfg = next(iter(cfg.datasets_cfg.values()))
     labels_file = Path(labels_file or Path(dataset_cfg.build_info.storage) / "labels.json")
@@ -191,14 +176,15 @@ def run_encoder_pretraining(cfg: Any, labels_file: Optional[Path] = None, settin
     train, valid = (load_labelled_split(labels_file, split, processor) for split in ("train", "val"))
     logger.info("encoder pretraining on %d labelled phantoms (%d for validation): %s",
                 len(train.labels), len(valid.labels), settings)
-    set_seed(settings.seed)
+    set_seed(seed)
     model = build_untrained_model(model_cfg)
-    probe = pretrain_image_path(model, train, settings)
-    scores = finding_f1(probe.predict(valid.images.to(settings.device)).cpu(), valid.labels)
+    probe = pretrain_image_path(model, train, settings, seed=seed, device=device)
+    scores = finding_f1(probe.predict(valid.images.to(device)).cpu(), valid.labels)
     logger.info("encoder pretraining, validation finding F1: %s", scores)
     vit_path, qformer_path = Path(model_cfg.vit_path), Path(model_cfg.q_former_model)
     save_original_formats(model, vit_path, qformer_path)
-    summary = {"validation": scores, "settings": settings.__dict__, "vit_path": str(vit_path), "q_former_model": str(qformer_path)}
+    summary = {"validation": scores, "settings": {**dataclasses.asdict(settings), "seed": seed, "device": device},
+               "vit_path": str(vit_path), "q_former_model": str(qformer_path)}
     atomic_write_text(qformer_path.with_name("encoder_pretraining.json"), json.dumps(summary, indent=2))
     logger.info("wrote %s and %s", vit_path, qformer_path)
     return summary
@@ -212,15 +198,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      "and write them where model.vit_path / model.q_former_model point.")
     add_config_arguments(parser)
     parser.add_argument("--labels", type=Path, default=None, help="labels.json (default: in the dataset's storage folder)")
-    defaults = PretrainSettings()
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (one-cycle schedule)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per step")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: pretrain.steps)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="peak learning rate of the one-cycle schedule (default: pretrain.lr)")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default: pretrain.batch_size)")
     args = parser.parse_args(argv)
     setup_logging()
     cfg = Config(args)
-    settings = settings_for(cfg, steps=args.steps, lr=args.lr, batch_size=args.batch_size)
-    run_encoder_pretraining(cfg, args.labels, settings)
+    run_encoder_pretraining(cfg, args.labels, with_flags(cfg.pretrain, steps=args.steps, lr=args.lr,
+                                                         batch_size=args.batch_size))
     return 0
 
 

@@ -25,10 +25,10 @@ class ImageTextPretrainTask:
 
     # ----------------------------------------------------------------- building
     def build_model(self) -> torch.nn.Module:
-        model_cfg = self.cfg.model_cfg
-        if "arch" not in model_cfg:
+        section = self.cfg.model  # checked at load (MiniGPT4Config)
+        if section is None:
             raise ValueError("the config has no model.arch (e.g. mini_gpt4)")
-        return registry.get_model_class(model_cfg.arch).from_config(model_cfg)
+        return registry.get_model_class(section.arch).from_config(section)
 
     def build_datasets(self) -> Dict[str, Dataset]:
         """Every dataset's builder; splits of several datasets mixed by ``sample_ratio`` or concatenated."""
@@ -36,8 +36,8 @@ class ImageTextPretrainTask:
 
         if not self.cfg.datasets_cfg:
             raise ValueError("the config has no datasets: section")
-        run_cfg = self.cfg.run_cfg
-        return build_datasets(self.cfg.datasets_cfg, on_bad_sample=run_cfg.on_bad_sample, seed=run_cfg.seed)
+        run = self.cfg.run
+        return build_datasets(self.cfg.datasets_cfg, on_bad_sample=run.on_bad_sample, seed=run.seed)
 
     # -------------------------------------------------------------------- steps
     def train_step(self, model: torch.nn.Module, samples: Dict[str, Any]) -> Dict[str, Any]:
@@ -62,7 +62,8 @@ class ImageTextPretrainTask:
 
         ``dataset`` must yield images (the runner passes the uncached split).
         """
-        count = runner.run_cfg.valid_generate
+        run = runner.run_config
+        count = run.valid_generate
         if count == 0 or not runner.dist.is_main:
             return {}
         from xraygpt.inference.records import generate_records
@@ -70,8 +71,8 @@ class ImageTextPretrainTask:
         from xraygpt.runners.runner_base import unwrap
 
         records, _ = generate_records(
-            unwrap(runner.model), [("valid", "val", dataset)], runner.run_cfg.batch_size_eval,
-            {"max_new_tokens": runner.run_cfg.valid_max_new_tokens}, device=str(runner.device),
+            unwrap(runner.model), [("valid", "val", dataset)], run.batch_size_eval,
+            {"max_new_tokens": run.valid_max_new_tokens}, device=str(runner.device),
             limit=None if count < 0 else count,
         )
         if not records:

@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from xraygpt.models import fast_generation
-from xraygpt.models.fast_generation import (
+from xraygpt.models import graph_decoding
+from xraygpt.models.graph_decoding import (
     DecodeSettings,
     FastGenerator,
     choose_next_tokens,
@@ -29,13 +29,7 @@ def _tiny_llama(device: str = "cpu", dtype: torch.dtype = torch.float32) -> Llam
     return model.to(device=device, dtype=dtype)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    """Tiny kernels: one thread is ~10x faster than two on a busy 2-core CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +191,7 @@ def test_unsupported_requests_go_to_hf_generate(llama):
     embeds, mask = _prompt()
     kwargs = dict(max_new_tokens=6, num_beams=2, do_sample=False)
     expected = llama.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
-    assert torch.equal(fast_generation.generate(holder, embeds, mask, **kwargs), expected)
+    assert torch.equal(graph_decoding.generate(holder, embeds, mask, **kwargs), expected)
 
 
 @pytest.mark.gpu
