@@ -256,6 +256,32 @@ def test_json_schema_response_is_the_structured_report_of_the_answer(server, cli
         assert report["generator"]["mode"] == "extract" and report["generator"]["settings"]["max_new_tokens"] == MAX_TOKENS
 
 
+def test_constrained_mode_decodes_under_the_schema_as_the_cli_does(server, client, images):
+    """The random tiny model under the grammar: the API's row and ``decode_constrained`` write the same JSON
+    prefix, cut by max_tokens, so both refuse it the same way (the API with a 400 that says to raise max_tokens)."""
+    import torch
+
+    from xraygpt.common.registry import registry
+    from xraygpt.conversation.templates import IMAGE_TAG
+    from xraygpt.datasets.image_io import load_medical_image
+    from xraygpt.structured import StructuredReportError
+    from xraygpt.structured.constrained import decode_constrained
+
+    question, limit = "Report the findings of this chest x-ray as JSON.", 16
+    tpl = registry.get_conversation_template("default")
+    prompt = tpl.render([(tpl.roles[0], f"{IMAGE_TAG} {question}"), (tpl.roles[1], None)])
+    pixels = server.processor(load_medical_image(images[0])).unsqueeze(0)
+    with pytest.raises(StructuredReportError) as cli_error, torch.inference_mode():
+        decode_constrained(server.model, pixels, [prompt], apply_template=False, max_new_tokens=limit, do_sample=False)
+    status, message = _error(lambda: client.chat.completions.create(
+        model="xraygpt", messages=_ask(data_url(images[0]), question), max_tokens=limit, temperature=0,
+        response_format={"type": "json_schema", "mode": "constrained"}))
+    cut = str(cli_error.value).split("ended before the JSON closed ")[1].split(";")[0]
+    assert status == 400 and f"the constrained answer ended before the JSON closed {cut}; raise max_tokens (was 16)" \
+        in message, message
+    assert "\n" not in message
+
+
 def test_malformed_json_and_unknown_route(server):
     headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
     response = httpx.post(f"{server.url}/v1/chat/completions", headers=headers, content=b"{not json")

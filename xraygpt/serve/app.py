@@ -34,7 +34,13 @@ from xraygpt.serve.protocol import (
     ModelCard, ModelList, Usage,
 )
 from xraygpt.serve.settings import ServeSettings
-from xraygpt.serve.structured import check_response_format, structured_answer, wants_structured
+from xraygpt.serve.structured import (
+    RowGrammar,
+    check_response_format,
+    constrained_answer,
+    structured_answer,
+    structured_mode,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +81,7 @@ class ChatService:
         for name in ("frequency_penalty", "presence_penalty"):
             if extras.get(name) not in (None, 0, 0.0):
                 raise bad_request(f"{name} is not supported by this server (leave it at 0)", param=name)
-        check_response_format(body.response_format, stream=bool(body.stream))
+        check_response_format(body.response_format, stream=bool(body.stream), constrained=True)  # the batcher masks rows
 
     def max_new_tokens(self, body: ChatCompletionRequest) -> int:
         wanted = body.max_completion_tokens or body.max_tokens or self.settings.default_max_tokens
@@ -107,6 +113,7 @@ class ChatService:
             prompt=plan.prompt, pixels=pixels, max_new_tokens=max_new,
             temperature=float(body.temperature or 0.0), top_p=float(body.top_p if body.top_p is not None else 1.0),
             seed=body.seed, stops=self.stops_for(body), ignore_eos=bool(body.ignore_eos),
+            grammar=RowGrammar(self.model) if structured_mode(body.response_format) == "constrained" else None,
         )
 
     def usage(self, done: Dict[str, Any], images: int) -> Usage:
@@ -205,8 +212,10 @@ def create_app(model: Any, vis_processor: Callable, settings: ServeSettings,
         done = await _wait_for_answer(request, generation, events)
         record(done)
         content = done["text"]
-        if wants_structured(body.response_format):  # the structured report of the answer (schema v1)
-            content = structured_answer(content, service.model, settings.model_name, {
+        mode = structured_mode(body.response_format)
+        if mode is not None:  # the structured report (schema v1): read from the prose, or decoded under the schema
+            make = constrained_answer if mode == "constrained" else structured_answer
+            content = make(content, service.model, settings.model_name, {
                 "max_new_tokens": generation.max_new_tokens, "temperature": generation.temperature,
                 "top_p": generation.top_p, "seed": generation.seed})
         return ChatCompletion(

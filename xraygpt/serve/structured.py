@@ -9,8 +9,8 @@ schema or none; any other schema is refused, as is streaming (the report exists 
 * ``constrained``: the JSON itself is decoded under the schema's grammar, for a model fine-tuned on JSON
   targets.  Decoding sits in the continuous batcher, which must mask each constrained row's logits at each
   step: :class:`RowGrammar` is that per-request state, and :func:`constrained_answer` turns the decoded text
-  into the report.  Until a server passes ``constrained=True`` to :func:`check_response_format` (its batcher
-  applies the masks), such a request gets a 400 that says so, never an unconstrained answer.
+  into the report.  The server passes ``constrained=True`` to :func:`check_response_format` (its batcher
+  applies the masks); a caller without it refuses the mode with a 400, never an unconstrained answer.
 """
 from __future__ import annotations
 
