@@ -77,13 +77,15 @@ def prepare(out: Path, n: int, size: int, seed: int, encoder_steps: int, options
             run_encoder_pretraining(cfg, labels[encoder], settings_for(cfg, steps=encoder_steps))
 
 
-def train_and_score(out: Path, dataset: str, encoder: str, options: List[str]) -> Dict[str, Any]:
+def train_and_score(out: Path, dataset: str, encoder: str, options: List[str], train: bool = True) -> Dict[str, Any]:
+    """Stage 2 on one view or both, then the test reports scored; ``train=False`` scores an existing run."""
     from xraygpt.quickstart import evaluate
     from xraygpt.train import run_training
 
     cfg = config(out, dataset, encoder, [*(["model.max_images=2"] if dataset == "two_views" else []), *options])
     start = time.perf_counter()
-    run_training(cfg)
+    if train:
+        run_training(cfg)
     weights = Path(cfg.run_cfg.output_dir) / str(cfg.run_cfg.job_id) / "model_best.safetensors"
     result = evaluate(cfg, weights, "test", int(cfg.run_cfg.valid_max_new_tokens), meteor=False, bootstrap=1000)
     scores = result["scores"]
@@ -146,6 +148,8 @@ def main() -> int:
     parser.add_argument("--encoders", default="every_view,frontal_images",
                         help="stage-1 encoders to run stage 2 over, in order (the fair pair, every_view, first); the "
                              "runs of the others are kept from an earlier lateral_view.json")
+    parser.add_argument("--score-only", action="store_true",
+                        help="score runs that already have model_best.safetensors instead of training them again")
     parser.add_argument("--options", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
     args = parser.parse_args()
     from xraygpt.common.cli import setup_logging
@@ -159,7 +163,8 @@ def main() -> int:
     runs = [r for r in earlier_runs(args.out / "lateral_view.json") if r["encoder"] not in encoders]
     for encoder in encoders:
         for dataset in DATASETS:
-            runs.append(train_and_score(args.out, dataset, encoder, args.options))
+            trained = (args.out / "runs" / f"{dataset}__{encoder}" / "model_best.safetensors").is_file()
+            runs.append(train_and_score(args.out, dataset, encoder, args.options, train=not (args.score_only and trained)))
             summary = summarise(runs)
             atomic_write_json(args.out / "lateral_view.json", summary)
             r = runs[-1]
