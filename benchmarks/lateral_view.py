@@ -63,7 +63,8 @@ def prepare(out: Path, n: int, size: int, seed: int, encoder_steps: int, options
     """Both phantom sets, the tokenizer and the stage-1 ``encoders`` (each step skipped when its files exist)."""
     from xraygpt.datasets import phantoms
     from xraygpt.quickstart import ensure_tokenizer
-    from xraygpt.tasks.encoder_pretraining import run_encoder_pretraining, settings_for
+    from xraygpt.common.schema import with_flags
+    from xraygpt.tasks.encoder_pretraining import run_encoder_pretraining
 
     for dataset, views in DATASETS.items():
         if not (out / dataset / "filter_cap.json").is_file():
@@ -74,7 +75,7 @@ def prepare(out: Path, n: int, size: int, seed: int, encoder_steps: int, options
     for encoder in encoders:
         cfg = config(out, "frontal", encoder, options)
         if not Path(cfg.model_cfg.q_former_model).is_file():
-            run_encoder_pretraining(cfg, labels[encoder], settings_for(cfg, steps=encoder_steps))
+            run_encoder_pretraining(cfg, labels[encoder], with_flags(cfg.pretrain, steps=encoder_steps))
 
 
 def train_and_score(out: Path, dataset: str, encoder: str, options: List[str], train: bool = True) -> Dict[str, Any]:
