@@ -12,7 +12,6 @@ from PIL import Image
 
 from tests import train_support  # noqa: F401  (registers the stand-in model at collection, before any test)
 from tests.test_infer_generate import _records, cached_loader, cli, image_dir  # noqa: F401  (fixtures)
-from tests import train_support  # noqa: F401  (registers the stand-in model before conftest's registry snapshot)
 from xraygpt.common.config import ConfigError
 from xraygpt.common.errors import XrayGPTError
 
