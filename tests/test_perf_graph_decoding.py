@@ -201,7 +201,7 @@ def test_cuda_graph_replay_equals_eager_step_and_hf():
     kwargs = dict(max_new_tokens=40, do_sample=False)
     graphed = FastGenerator(llama, use_cuda_graph=True)
     out = graphed.generate(embeds, mask, **kwargs)
-    assert any(r.decode_graph._graphs for r in graphed._runners.values())
+    assert graphed.captures() > 0  # the decode steps were captured (and replayed for the remaining tokens)
     eager = FastGenerator(llama, use_cuda_graph=False).generate(embeds, mask, **kwargs)
     assert torch.equal(out, eager)
     assert torch.equal(out, llama.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs))
