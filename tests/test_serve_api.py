@@ -46,6 +46,17 @@ def _stats(server) -> dict:
     return httpx.get(f"{server.url}/health").json()
 
 
+def _wait_for_cancel(server, cancelled_before: int) -> dict:
+    """/health once no row runs and one more request was cancelled (or after 30 s, for the asserts to report)."""
+    deadline = time.monotonic() + 30
+    while True:
+        health = _stats(server)
+        done = health["running"] == 0 and health["stats"].get("cancelled", 0) > cancelled_before
+        if done or time.monotonic() > deadline:
+            return health
+        time.sleep(0.1)
+
+
 def test_models_and_health(server, client):
     assert [m.id for m in client.models.list().data] == ["xraygpt"]
     health = _stats(server)
@@ -153,12 +164,7 @@ def test_disconnect_mid_stream_frees_the_slot(server, client, images):
         if index == 3:
             break
     stream.close()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        health = _stats(server)
-        if health["running"] == 0 and health["stats"].get("cancelled", 0) > before:
-            break
-        time.sleep(0.1)
+    health = _wait_for_cancel(server, before)
     assert health["running"] == 0
     assert health["stats"]["cancelled"] == before + 1
     assert health["stats"]["rows_decoded"] - decoded_before < 999  # stopped early, not run to max_tokens
@@ -359,11 +365,6 @@ def test_dropped_non_streaming_request_is_cancelled(server, images):
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(30, read=0.5),
                    headers={"Authorization": f"Bearer {API_KEY}"})
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        health = _stats(server)
-        if health["running"] == 0 and health["stats"].get("cancelled", 0) > before:
-            break
-        time.sleep(0.1)
+    health = _wait_for_cancel(server, before)
     assert health["running"] == 0 and health["stats"]["cancelled"] == before + 1
     assert health["stats"]["rows_decoded"] - decoded_before < 999  # stopped early, not run to max_tokens

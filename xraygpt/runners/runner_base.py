@@ -81,6 +81,11 @@ def trainable_state_dict(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
 
+def _does_not_fit(path: Path, exc: Exception) -> Exception:
+    return ckpt.CheckpointError(f"checkpoint {path} does not fit this run's optimizer/schedule ({exc}); "
+                                "was it written with different trainable parts or run settings?")
+
+
 @registry.register_runner("runner_base")
 class RunnerBase:
     def __init__(
@@ -450,10 +455,7 @@ class RunnerBase:
         try:
             optimizer.load_state_dict(training["optimizer"])
         except (KeyError, ValueError) as exc:
-            raise ckpt.CheckpointError(
-                f"checkpoint {path} does not fit this run's optimizer/schedule ({exc}); "
-                "was it written with different trainable parts or run settings?"
-            ) from exc
+            raise _does_not_fit(path, exc) from exc
         return self._resume_from(path, training, scheduler, scaler, stream)
 
     def _resume_from(self, path: Path, training: Dict[str, Any], scheduler, scaler, stream: BatchStream) -> TrainState:
@@ -467,10 +469,7 @@ class RunnerBase:
             if scaler.is_enabled() and training["scaler"]:
                 scaler.load_state_dict(training["scaler"])
         except (KeyError, ValueError) as exc:
-            raise ckpt.CheckpointError(
-                f"checkpoint {path} does not fit this run's optimizer/schedule ({exc}); "
-                "was it written with different trainable parts or run settings?"
-            ) from exc
+            raise _does_not_fit(path, exc) from exc
         ckpt.restore_rng_state(training["rng"])
         counters = training["counters"]
         positions = training["data_position"]

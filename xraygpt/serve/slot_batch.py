@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from xraygpt.models import llama_decode
-from xraygpt.models.graph_decoding import GraphedCall, _cache_kwarg_name, attention_spans
+from xraygpt.models.graph_decoding import GraphedCall, attention_spans
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +43,13 @@ class SlotDecodeBatch:
 
     def __init__(self, llm: nn.Module, kernel: llama_decode.LlamaDecodeStep, slots: int, window: int,
                  use_graph: bool):
-        config = llm.config
         embed = llm.get_input_embeddings()
         self.llm, self.kernel, self.embed = llm, kernel, embed
         self.slots, self.window = slots, window
         device, dtype = embed.weight.device, embed.weight.dtype
         self.device, self.dtype = device, dtype
         self.use_graph = use_graph and device.type == "cuda"
-        self._cache_kw = _cache_kwarg_name(llm)
-        n_kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        shape = (slots, n_kv, window, kernel.head_dim)
+        shape = (slots, kernel.n_kv, window, kernel.head_dim)
         self.kv = [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
                    for _ in llm.model.layers]
         self.cos, self.sin = kernel.rotary_table(window, device, dtype)
