@@ -86,13 +86,13 @@ def skipped_init(skip: bool = True) -> Iterator[None]:
     Why: initialising EVA ViT-g's 1B parameters on the CPU took longer than reading them from disk (~21 s on
     2 cores). Only for modules loaded with :func:`load_exact` (or an equally complete load) right after.
     """
+    if not skip:
+        yield
+        return
     try:
         from transformers.initialization import no_init_weights
     except ImportError:  # transformers 4 kept it in modeling_utils
         from transformers.modeling_utils import no_init_weights
-    if not skip:
-        yield
-        return
     with no_init_weights():
         yield
 

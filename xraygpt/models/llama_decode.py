@@ -103,14 +103,16 @@ def attention_and_mlp(x, q, keys, values, mask, wo, ln2, wgu, wdown, eps: float,
 
 
 def write_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, slot: torch.Tensor, k: torch.Tensor,
-                v: torch.Tensor) -> None:
+                v: torch.Tensor, rows: torch.Tensor | None = None) -> None:
     """Store the new token's key/value ``[B, H, 1, D]``: at column ``slot[0]`` for every row when ``slot`` has
-    one element, else at column ``slot[b]`` of row ``b`` (rows of different lengths, as a server batches them)."""
+    one element, else at column ``slot[b]`` of row ``b`` (rows of different lengths, as a server batches them).
+    ``rows`` (``arange(B)``) may be given so a step over many layers builds it once."""
     if slot.numel() == 1:
         k_cache.index_copy_(2, slot, k)
         v_cache.index_copy_(2, slot, v)
         return
-    rows = torch.arange(k.shape[0], device=k.device)
+    if rows is None:
+        rows = torch.arange(k.shape[0], device=k.device)
     k_cache[rows, :, slot] = k[:, :, 0]
     v_cache[rows, :, slot] = v[:, :, 0]
 
@@ -213,13 +215,14 @@ class LlamaDecodeStep:
         x = embeds
         dims = dict(eps=self.eps, n_heads=self.n_heads, n_kv=self.n_kv, head_dim=self.head_dim)
         prefix_mask = mask[..., :span]
+        rows = None if slot.numel() == 1 else torch.arange(x.shape[0], device=x.device)  # per-row cache writes
         for block, (k_cache, v_cache) in zip(self.blocks, caches):
             if block.fused is None:
                 x = self.modules_fn(block.layer, x, k_cache, v_cache, cos, sin, slot, mask, span=span, **dims)
                 continue
             ln1, wqkv, wo, ln2, wgu, wdown = block.fused
             q, k, v = self.pre_fn(x, ln1, wqkv, cos, sin, **dims)
-            write_cache(k_cache, v_cache, slot, k, v)
+            write_cache(k_cache, v_cache, slot, k, v, rows)
             x = self.post_fn(x, q, k_cache[:, :, :span], v_cache[:, :, :span], prefix_mask, wo, ln2, wgu, wdown, **dims)
         x = self.llm.model.norm(x)
         return self.llm.lm_head(x[:, -1, :])

@@ -89,9 +89,9 @@ def _choose(logits: torch.Tensor, rows: Sequence[_Row]) -> torch.Tensor:
 
     A constrained row's logits are masked by its grammar first (before temperature / top-p).
     """
-    constrained = [i for i, row in enumerate(rows) if row.request.grammar is not None]
-    for i in constrained:
-        rows[i].request.grammar.mask_(logits[i])
+    for i, row in enumerate(rows):
+        if row.request.grammar is not None:
+            row.request.grammar.mask_(logits[i])
     tokens = logits.argmax(dim=-1)
     for i, row in enumerate(rows):
         if row.generator is None:
